@@ -312,6 +312,8 @@ class MeanAveragePrecision(Metric):
         "Add a batch: per-image dicts as for `mean_average_precision`, and an integer id per image."
         if not (len(preds) == len(targets) == len(image_ids)):
             raise ValueError(f"metrics.MeanAveragePrecision: {len(preds)} predictions, {len(targets)} targets, {len(image_ids)} image ids")
+        if not isinstance(image_ids, torch.Tensor) and not all(isinstance(i, (int, np.integer)) for i in image_ids):
+            raise ValueError("metrics.MeanAveragePrecision: image_ids must be integers unique over the evaluation set, e.g. info['index']")
         dev = self.device
         t = lambda x, dtype: torch.as_tensor(x, dtype=dtype, device=dev)
         self.det_boxes.append(torch.cat([t(p["boxes"], torch.float32).reshape(-1, 4) for p in preds]) if preds else t([], torch.float32).reshape(0, 4))
