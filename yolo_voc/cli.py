@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import yolo_voc
-from .boxes import VOC_CLASSES
-from .voc import CheckReport, DatasetError, Problem, check_dataset, find_dataset, make_synthetic_voc
 
 # %% auto 0
 __all__ = ['COMMANDS', 'main', 'synth', 'check']
@@ -40,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"yolo-voc: unknown command {name!r}\n\n{_usage()}", file=sys.stderr); return 2
     try: return int(COMMANDS[name](rest) or 0)
-    except DatasetError as e:
+    except ValueError as e:  # voc.DatasetError is a ValueError; its message names the file
+        if type(e).__name__ != "DatasetError": raise
         print(f"yolo-voc {name}: {e}", file=sys.stderr); return 1
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -57,6 +56,8 @@ def _image_size(s: str) -> tuple[int, int]:
 
 def synth(argv: list[str]) -> int:
     "Write a synthetic VOCdevkit of coloured shapes: OUT/VOCdevkit/VOC2007."
+    from yolo_voc.boxes import VOC_CLASSES
+    from yolo_voc.voc import make_synthetic_voc
     p = argparse.ArgumentParser(prog="yolo-voc synth", description=synth.__doc__)
     p.add_argument("out", type=Path, help="folder to write VOCdevkit/ into")
     p.add_argument("--images", type=int, default=200, help="number of images (default: 200)")
@@ -79,6 +80,7 @@ COMMANDS["synth"] = synth
 # %% ../nbs/11_cli.ipynb
 def _class_names(s: str | None) -> tuple[str, ...]:
     "Class names from a comma-separated list or a file with one per line (None: the 20 VOC classes)."
+    from yolo_voc.boxes import VOC_CLASSES
     if s is None: return VOC_CLASSES
     names = Path(s).read_text().split() if Path(s).is_file() else s.split(",")
     names = tuple(n.strip() for n in names if n.strip())
@@ -87,6 +89,7 @@ def _class_names(s: str | None) -> tuple[str, ...]:
 
 def check(argv: list[str]) -> int:
     "Check a dataset (VOCdevkit or Kaggle layout): counts, and every problem with its file."
+    from yolo_voc.voc import CheckReport, DatasetError, Problem, check_dataset, find_dataset
     p = argparse.ArgumentParser(prog="yolo-voc check", description=check.__doc__)
     p.add_argument("data", type=Path, help="the folder holding VOCdevkit, VOCdevkit, VOC2007, or a Kaggle folder")
     p.add_argument("--split", default=None,
@@ -96,7 +99,8 @@ def check(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--no-cache", action="store_true", help="do not use or update the check cache")
     a = p.parse_args(argv)
-    names = _class_names(a.classes)
+    try: names = _class_names(a.classes)
+    except (argparse.ArgumentTypeError, OSError) as e: p.error(str(e))
     try:
         layout = find_dataset(a.data)
         rep = check_dataset(a.data, a.split, names, cache=not a.no_cache)

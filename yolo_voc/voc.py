@@ -249,7 +249,7 @@ def check_image(path: str | Path) -> tuple[int, int, str | None]:
                     with Image.open(f) as im: im.load()
                 except Exception as e: return w, h, f"truncated or corrupt {fmt} ({e})"
     except FileNotFoundError: return 0, 0, "missing image"
-    except OSError as e: return 0, 0, f"unreadable image ({e.strerror or e})"
+    except (OSError, ValueError) as e: return 0, 0, f"unreadable image ({getattr(e, 'strerror', None) or e})"
     return w, h, None
 
 # %% ../nbs/01_voc.ipynb
@@ -333,7 +333,7 @@ def _save_cache(path: Path | None, entries: dict) -> None:
 def _stat(path: Path) -> list:
     "[size, mtime_ns] of `path`, or [-1, -1] when it does not exist."
     try: s = os.stat(path)
-    except OSError: return [-1, -1]
+    except (OSError, ValueError): return [-1, -1]  # ValueError: a NUL in the name
     return [s.st_size, s.st_mtime_ns]
 
 # %% ../nbs/01_voc.ipynb
@@ -368,14 +368,15 @@ def _voc_items(layout: DatasetLayout, split, years, probs: list) -> list[tuple[s
             else: files.append((yy, f))
     items = {}
     for y, f in dict.fromkeys(files):
-        ids = [l.split()[0] for l in _read_text(f).splitlines() if l.strip()]
+        try: ids = [l.split()[0] for l in _read_text(f).splitlines() if l.strip()]
+        except OSError as e: probs.append(Problem(rel(f), f"unreadable split file ({e.strerror or e})")); continue
         if not ids: probs.append(Problem(rel(f), "split is empty")); continue
         for i in ids: items.setdefault((y, i), rel(f))
     return [(y, i, f) for (y, i), f in items.items()]
 
 def _csv_rows(path: Path, images: Path) -> tuple[list, bool]:
     "Rows [(row number, image, label)] of a Kaggle CSV and whether it had a header row."
-    rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(io.StringIO(_read_text(path))), 1)]
+    rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(io.StringIO(_read_text(path))), 1)]  # may raise csv.Error
     rows = [(n, r) for n, r in rows if r and r[0]]
     header = False
     if rows:
@@ -399,7 +400,8 @@ def _kaggle_items(layout: DatasetLayout, split, years, probs: list) -> list[tupl
         f = base / f"{name}.csv"
         if name == "trainval" and not f.is_file(): f = base / "train.csv"  # Kaggle's train.csv is VOC07+12 trainval
         if not f.is_file(): probs.append(Problem(f.name, "missing split file")); continue
-        rows, _ = _csv_rows(f, base / "images")
+        try: rows, _ = _csv_rows(f, base / "images")
+        except (OSError, csv.Error) as e: probs.append(Problem(f.name, f"unreadable CSV ({e})")); continue
         if not rows: probs.append(Problem(f.name, "split is empty")); continue
         for n, img, lab in rows:
             ip = img if "/" in img and (base / img).is_file() else f"images/{img}"
@@ -448,7 +450,8 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
             d = layout.years[y]
             xrel = (d / "Annotations" / f"{iid}.xml").relative_to(layout.base).as_posix()
             e, hit = _voc_entry(d, iid, old.get(xrel))
-            hits += hit; new[xrel] = e
+            hits += hit
+            if not hit: new[xrel] = e
             if e["raw"] is None: probs.append(Problem(sf, f"names {iid!r} but {xrel} does not exist")); continue
             irel = (d / "JPEGImages" / e["img"]).relative_to(layout.base).as_posix()
             raw, (iw, ih, iprob) = e["raw"], e.get("im", (0, 0, None))
@@ -460,6 +463,7 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
             if raw["n"] == 0: found.append("no objects")
             if raw["w"] and iw and (raw["w"], raw["h"]) != (iw, ih):
                 found.append(f"<size> {raw['w']}x{raw['h']} differs from the image {irel} ({iw}x{ih})"); iprob = iprob or "size"
+                w, h = iw, ih  # check the boxes against the real image
             if not (w and h): found.append("has no usable <size> and the image size is unknown")
             boxes, labels, diff, trunc, bp = _voc_boxes(raw["objs"], w, h, classes) if w and h else ((), (), (), (), [])
             probs.extend(Problem(xrel, p) for p in found + bp)
@@ -469,7 +473,8 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
         base = layout.base
         for img, lab, cf, row in _kaggle_items(layout, split, years, probs):
             e, hit = _kaggle_entry(base, img, lab, old.get(lab + "|" + img))
-            hits += hit; new[lab + "|" + img] = e
+            hits += hit
+            if not hit: new[lab + "|" + img] = e
             iw, ih, iprob = e["im"]
             if iprob: probs.append(Problem(img, iprob + (f" (named in {cf} row {row})" if iprob == "missing image" else "")))
             if e["text"] is None:
@@ -479,7 +484,7 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
             probs.extend(Problem(lab, p) for p in bp)
             if len(labels):
                 records.append(Annotation(Path(img).stem, base / img, iw, ih, boxes, labels, None, None))
-    if cpath is not None and new != old: _save_cache(cpath, new)
+    if cpath is not None and any(new[k] is not old.get(k) for k in new): _save_cache(cpath, new)  # something was read afresh
     return records, probs, hits
 
 # %% ../nbs/01_voc.ipynb
@@ -670,10 +675,14 @@ def make_synthetic_voc(out: str | Path, n_images: int = 200, image_size: int | t
         img.save(voc / "JPEGImages" / f"{iid}.jpg", quality=quality)
         (voc / "Annotations" / f"{iid}.xml").write_text(_voc_xml(iid, w, h, objs, class_names, seed))
     order = rng.permutation(n_images)
-    n_tr = int(round(split_fractions[0] * n_images))
-    n_va = int(round(split_fractions[1] * n_images))
-    parts = {"train": order[:n_tr], "val": order[n_tr:n_tr + n_va], "test": order[n_tr + n_va:]}
-    parts["trainval"] = np.concatenate([parts["train"], parts["val"]])
+    if n_images >= 3:  # every split gets at least one image
+        n_va = max(1, int(round(split_fractions[1] * n_images)))
+        n_te = max(1, int(round(split_fractions[2] * n_images)))
+        n_tr = n_images - n_va - n_te
+        parts = {"train": order[:n_tr], "val": order[n_tr:n_tr + n_va], "test": order[n_tr + n_va:]}
+    else:  # too few to split: every split holds every image
+        parts = {"train": order, "val": order, "test": order}
+    parts["trainval"] = np.union1d(parts["train"], parts["val"])
     for name, idx in parts.items():
         (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{ids[i]}\n" for i in sorted(idx)))
     return voc

@@ -1,0 +1,264 @@
+"Reading VOCdevkit and Kaggle datasets: path forms, years and splits, header detection, tolerances, skip_bad, cache."
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yolo_voc.boxes import VOC_CLASSES
+from yolo_voc.voc import (Annotation, DatasetError, NORM_TOL, Problem, SPLIT_NAMES, check_dataset, find_dataset,
+                          load_annotations, make_synthetic_voc, parse_voc_xml, synthetic_style, voc_to_yolo_text)
+
+
+def _ids(voc: Path, split: str) -> list[str]:
+    return (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+
+
+@pytest.fixture
+def two_years(tmp_path, synth_voc):
+    "A VOCdevkit with VOC2007 (the synthetic set) and a VOC2012 copy with renamed ids and no test split."
+    dk = tmp_path / "data" / "VOCdevkit"
+    shutil.copytree(synth_voc, dk / "VOC2007")
+    y12 = dk / "VOC2012"
+    shutil.copytree(synth_voc, y12)
+    (y12 / "ImageSets/Main/test.txt").unlink()
+    for sub, ext in (("Annotations", "xml"), ("JPEGImages", "jpg")):
+        for p in (y12 / sub).glob(f"*.{ext}"): p.rename(p.with_name("2012_" + p.name))
+    for s in ("train", "val", "trainval"):
+        f = y12 / "ImageSets/Main" / f"{s}.txt"
+        f.write_text("".join(f"2012_{i}\n" for i in f.read_text().split()))
+    return dk
+
+
+def test_path_forms(synth_voc):
+    n = len(_ids(synth_voc, "trainval"))
+    for root in (synth_voc.parent.parent, synth_voc.parent, synth_voc):
+        recs = load_annotations(root, "trainval")
+        assert len(recs) == n
+        assert all(r.image_path.is_file() for r in recs)
+    assert find_dataset(synth_voc).base == synth_voc.parent
+
+
+def test_years_and_splits(two_years):
+    dk = two_years
+    n07 = {s: len(_ids(dk / "VOC2007", s)) for s in SPLIT_NAMES}
+    assert len(load_annotations(dk.parent, "trainval")) == 2 * n07["trainval"]
+    assert len(load_annotations(dk, "2007-trainval+2012-trainval")) == 2 * n07["trainval"]
+    assert len(load_annotations(dk, ["2007-trainval", "VOC2012-trainval"])) == 2 * n07["trainval"]
+    assert len(load_annotations(dk, "trainval", years=["2012"])) == n07["trainval"]
+    assert len(load_annotations(dk, "trainval", years=2007)) == n07["trainval"]
+    assert len(load_annotations(dk, "test")) == n07["test"]  # only VOC2007 has a test split
+    assert len(load_annotations(dk, "2007-test")) == n07["test"]
+    assert len(load_annotations(dk, "train+val")) == 2 * n07["trainval"]
+    assert len(load_annotations(dk, "trainval+train")) == 2 * n07["trainval"]  # deduplicated
+    assert len(load_annotations(dk / "VOC2012", "trainval")) == n07["trainval"]
+    assert len(load_annotations(dk, None)) == 2 * 40 - n07["test"]
+    ids12 = {r.image_id for r in load_annotations(dk, "2012-train")}
+    assert ids12 == {f"2012_{i}" for i in _ids(dk / "VOC2007", "train")}
+    with pytest.raises(DatasetError, match="VOC2012/ImageSets/Main/test.txt: missing split file"):
+        load_annotations(dk, "2012-test")
+    with pytest.raises(DatasetError, match="VOC2010: year folder not found"):
+        load_annotations(dk, "2010-trainval")
+    with pytest.raises(DatasetError, match="not a split"):
+        load_annotations(dk, "train val")
+
+
+def test_not_a_dataset(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(DatasetError) as e:
+        load_annotations(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path)) and "VOCdevkit" in msg and "labels" in msg and "stuff/" in msg
+    with pytest.raises(DatasetError, match="no such folder"):
+        check_dataset(tmp_path / "missing")
+
+
+def test_voc_xml_details(tmp_path):
+    xml = b"""<annotation>
+      <object><name> person </name><truncated>1</truncated>
+        <part><name>head</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></part>
+        <bndbox><ymax>80</ymax><xmax> 60.5 </xmax><ymin>11</ymin><xmin>2</xmin></bndbox></object>
+      <size><height>100</height><width>120</width></size>
+      <object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>120</xmax><ymax>100</ymax></bndbox><difficult>1</difficult><name>dog</name></object>
+    </annotation>"""
+    a = parse_voc_xml(xml, "Annotations/000009.xml")
+    np.testing.assert_allclose(a.boxes, [[1, 10, 60.5, 80], [0, 0, 120, 100]])
+    assert a.labels.tolist() == [14, 11] and a.difficult.tolist() == [False, True] and a.truncated.tolist() == [True, False]
+    assert (a.width, a.height, a.image_path) == (120, 100, Path("000009.jpg"))
+
+
+def test_size_from_image_header_and_mismatch(tmp_path):
+    voc = make_synthetic_voc(tmp_path, n_images=4, image_size=(96, 64))
+    x = voc / "Annotations" / "000001.xml"
+    x.write_text(re.sub(r"<size>.*?</size>", "", x.read_text(), flags=re.S))
+    y = voc / "Annotations" / "000002.xml"
+    y.write_text(y.read_text().replace("<width>96</width>", "<width>64</width>").replace("<height>64</height>", "<height>96</height>"))
+    rep = check_dataset(voc)
+    assert [p.file for p in rep.problems] == ["VOC2007/Annotations/000002.xml"]
+    assert "differs from the image" in rep.problems[0].problem
+    recs = {r.image_id: r for r in load_annotations(voc, None, skip_bad=True, problems=[])}
+    assert (recs["000001"].width, recs["000001"].height) == (96, 64)
+    assert "000002" not in recs
+
+
+def _kaggle(tmp_path, synth_voc, header: str | None, name="train.csv"):
+    kg = tmp_path / "kaggle"
+    (kg / "images").mkdir(parents=True, exist_ok=True); (kg / "labels").mkdir(exist_ok=True)
+    recs = load_annotations(synth_voc, "trainval")
+    for r in recs:
+        shutil.copy(r.image_path, kg / "images" / r.image_path.name)
+        (kg / "labels" / f"{r.image_id}.txt").write_text(voc_to_yolo_text(r))
+    rows = "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs)
+    (kg / name).write_text((header + "\n" if header else "") + rows)
+    return kg, recs
+
+
+@pytest.mark.parametrize("header", [None, "img,label", "image,text", "filename,labels"])
+def test_kaggle_header_detection(tmp_path, synth_voc, header):
+    kg, recs = _kaggle(tmp_path, synth_voc, header)
+    got = load_annotations(kg, "train")
+    assert [r.image_id for r in got] == [r.image_id for r in recs]  # first image never taken for a header
+    for g, r in zip(got, recs):
+        np.testing.assert_allclose(g.boxes, r.boxes, atol=0.01)
+        assert g.labels.tolist() == r.labels.tolist() and (g.width, g.height) == (r.width, r.height)
+    assert len(load_annotations(kg, "trainval")) == len(recs)  # trainval falls back to Kaggle's train.csv
+
+
+def test_kaggle_headerless_first_row_missing_image(tmp_path, synth_voc):
+    kg, recs = _kaggle(tmp_path, synth_voc, None)
+    (kg / "images" / f"{recs[0].image_id}.jpg").unlink()
+    rep = check_dataset(kg, "train")
+    assert [(p.file, p.problem.split(" (")[0]) for p in rep.problems] == [(f"images/{recs[0].image_id}.jpg", "missing image")]
+    assert rep.images == len(recs) - 1
+
+
+def test_tolerance_clipping(tmp_path, synth_voc):
+    kg, recs = _kaggle(tmp_path, synth_voc, "img,label")
+    r0, r1 = recs[0], recs[1]
+    (kg / "labels" / f"{r0.image_id}.txt").write_text(f"0 0.5 0.5 {1 + NORM_TOL / 2} 0.5\n1 0.2 0.3 0.1 0.1\n")
+    (kg / "labels" / f"{r1.image_id}.txt").write_text("0 0.5 0.5 1.01 0.5\n1 0.2 0.3 0.1 0.1\n0 0.99 0.5 0.1 0.1\n")
+    probs = []
+    got = {r.image_id: r for r in load_annotations(kg, "train", skip_bad=True, problems=probs)}
+    np.testing.assert_allclose(got[r0.image_id].boxes[0], [0, r0.height / 4, r0.width, 3 * r0.height / 4], atol=1e-3)
+    assert len(got[r1.image_id]) == 1
+    assert [str(p) for p in probs] == [f"labels/{r1.image_id}.txt: line 1: w 1.01 outside [0, 1]",
+                                       f"labels/{r1.image_id}.txt: line 3: box is outside the image (x1=0.94, y1=0.45, x2=1.04, y2=0.55)"]
+    # VOC: one pixel over the border is clipped, more is a problem
+    voc = make_synthetic_voc(tmp_path / "v", n_images=3, image_size=(96, 64))
+    x = voc / "Annotations" / "000001.xml"
+    t = x.read_text()
+    x.write_text(t.replace(re.search(r"<xmax>\d+</xmax>", t).group(), "<xmax>97</xmax>", 1)
+                  .replace(re.search(r"<xmin>\d+</xmin>", t).group(), "<xmin>0</xmin>", 1))
+    a = [r for r in load_annotations(voc, None) if r.image_id == "000001"][0]
+    assert a.boxes[0, 0] == 0 and a.boxes[0, 2] == 96
+    x.write_text(t.replace(re.search(r"<xmax>\d+</xmax>", t).group(), "<xmax>99</xmax>", 1))
+    with pytest.raises(DatasetError, match=r"VOC2007/Annotations/000001.xml: box 1 \(\w+\) is outside the 96x64 image"):
+        load_annotations(voc, None)
+
+
+def test_skip_bad(tmp_path):
+    voc = make_synthetic_voc(tmp_path, n_images=8, image_size=(96, 64))
+    A = voc / "Annotations"
+    t = (A / "000001.xml").read_text()
+    (A / "000001.xml").write_text(re.sub(r"<name>\w+</name>", "<name>unicorn</name>", t, count=1))
+    (voc / "JPEGImages" / "000002.jpg").write_bytes(b"GIF89a nonsense")
+    with pytest.raises(DatasetError) as e:
+        load_annotations(voc, None)
+    assert len(e.value.problems) == 2 and str(e.value).startswith(str(voc.parent))
+    probs = []
+    with pytest.warns(UserWarning, match="skipped 2 problems"):
+        recs = load_annotations(voc, None, skip_bad=True, problems=probs)
+    assert [p.file for p in probs] == ["VOC2007/Annotations/000001.xml", "VOC2007/JPEGImages/000002.jpg"]
+    assert probs == e.value.problems
+    ids = [r.image_id for r in recs]
+    assert "000002" not in ids and len(ids) == 7
+    n_objects = t.count("<object>")
+    r1 = recs[ids.index("000001")]
+    assert len(r1) == n_objects - 1 or (n_objects == 1 and "000001" not in ids)
+
+
+def test_skip_bad_nothing_left(tmp_path):
+    voc = make_synthetic_voc(tmp_path, n_images=2, image_size=(64, 64))
+    for p in (voc / "JPEGImages").glob("*.jpg"): p.unlink()
+    with pytest.raises(DatasetError, match="missing image"):
+        load_annotations(voc, None, skip_bad=True)
+
+
+def test_check_cache(tmp_path, monkeypatch):
+    import yolo_voc.voc as voc_mod
+    voc = make_synthetic_voc(tmp_path / "d", n_images=12, image_size=(96, 64))
+    cache = tmp_path / "cache" / "check.json"
+    calls = {"n": 0}
+    real = voc_mod._raw_voc_xml
+    def counting(data):
+        calls["n"] += 1
+        return real(data)
+    monkeypatch.setattr(voc_mod, "_raw_voc_xml", counting)
+    r1 = check_dataset(voc, cache=cache)
+    assert cache.is_file() and r1.cache_hits == 0 and calls["n"] == 12
+    r2 = check_dataset(voc, cache=cache)
+    assert r2.cache_hits == 12 and calls["n"] == 12  # nothing re-read
+    assert r2.to_dict() == r1.to_dict()
+    # change one file: only it is read again, and its new problem is found
+    x = voc / "Annotations" / "000005.xml"
+    x.write_text(x.read_text().replace("<name>", "<name>x", 1))
+    r3 = check_dataset(voc, cache=cache)
+    assert r3.cache_hits == 11 and calls["n"] == 13
+    assert [p.file for p in r3.problems] == ["VOC2007/Annotations/000005.xml"]
+    # load_annotations shares the cache; a corrupt cache file is ignored
+    cache.write_text("{not json")
+    assert check_dataset(voc, cache=cache).cache_hits == 0
+    # cache=True: a per-dataset file in $YOLO_VOC_CACHE
+    monkeypatch.setenv("YOLO_VOC_CACHE", str(tmp_path / "env_cache"))
+    check_dataset(voc, cache=True)
+    assert len(list((tmp_path / "env_cache").glob("check-*.json"))) == 1
+    assert check_dataset(voc, cache=True).cache_hits == 12
+
+
+def test_torchvision_reads_synthetic(synth_voc):
+    from torchvision.datasets import VOCDetection
+    ds = VOCDetection(root=synth_voc.parent.parent, year="2007", image_set="trainval", download=False)
+    recs = load_annotations(synth_voc, "trainval")
+    assert len(ds) == len(recs)
+    for i in (0, len(ds) - 1):
+        img, target = ds[i]
+        objs = target["annotation"]["object"]
+        assert img.size == (recs[i].width, recs[i].height) and len(objs) == len(recs[i])
+        tv = np.array([[float(o["bndbox"][k]) for k in ("xmin", "ymin", "xmax", "ymax")] for o in objs]) - [1, 1, 0, 0]
+        np.testing.assert_allclose(tv, recs[i].boxes)
+        assert [VOC_CLASSES.index(o["name"]) for o in objs] == recs[i].labels.tolist()
+
+
+def test_synthetic_properties(synth_voc, tmp_path):
+    rep = check_dataset(synth_voc)
+    assert rep.ok and rep.images == 40 and rep.objects >= 40
+    assert 0 < rep.difficult < rep.objects / 4
+    recs = load_annotations(synth_voc, None)
+    assert any(r.truncated.any() for r in recs)
+    assert all(1 <= len(r) <= 6 for r in recs)
+    # split files partition the images
+    tr, va, te, tv = (set(_ids(synth_voc, s)) for s in ("train", "val", "test", "trainval"))
+    assert tr | va == tv and not (tr & va) and not (tv & te) and len(tv | te) == 40
+    # every class has a unique (shape, colour)
+    assert len({synthetic_style(i) for i in range(20)}) == 20
+    # deterministic per seed, different across seeds
+    a = make_synthetic_voc(tmp_path / "a", n_images=3, image_size=(160, 120), seed=0)
+    assert (a / "JPEGImages/000002.jpg").read_bytes() == (synth_voc / "JPEGImages/000002.jpg").read_bytes()
+    b = make_synthetic_voc(tmp_path / "b", n_images=3, image_size=(160, 120), seed=1)
+    assert (b / "Annotations/000001.xml").read_text() != (a / "Annotations/000001.xml").read_text()
+    # a smaller class list
+    c = make_synthetic_voc(tmp_path / "c", n_images=10, image_size=(64, 64), class_names=VOC_CLASSES[:3])
+    assert max(r.labels.max() for r in load_annotations(c, None, class_names=VOC_CLASSES[:3])) < 3
+    with pytest.raises(ValueError):
+        make_synthetic_voc(tmp_path / "d", n_images=1, image_size=8)
+
+
+def test_synthetic_scales(tmp_path):
+    voc = make_synthetic_voc(tmp_path, n_images=60, image_size=(128, 96), seed=3)
+    b = np.concatenate([r.boxes for r in load_annotations(voc, None)])
+    side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / 96
+    small, medium, large = np.histogram(side, [0, 0.12, 0.35, 2])[0]
+    assert small > 0 and medium > 0 and large > 0
