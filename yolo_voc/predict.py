@@ -22,10 +22,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .boxes import (ANCHORS, STRIDES, VOC_CLASSES, Letterbox, decode_outputs, letterbox_boxes,
                             letterbox_params, postprocess, unletterbox_boxes)
+from .transforms import PAD_VALUE, eval_transforms
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'PAD_VALUE', 'WEIGHTS_FORMAT', 'OUTPUT_NAMES', 'NECK_LAYERS', 'ImageReadError', 'list_images',
-           'load_image', 'letterbox_image', 'to_tensor', 'Detections', 'CheckpointError', 'read_checkpoint', 'Detector',
+__all__ = ['IMAGE_SUFFIXES', 'WEIGHTS_FORMAT', 'OUTPUT_NAMES', 'NECK_LAYERS', 'ImageReadError', 'list_images', 'load_image',
+           'letterbox_image', 'to_tensor', 'Detections', 'CheckpointError', 'read_checkpoint', 'Detector',
            'build_model', 'load_detector', 'save_weights', 'class_color', 'draw_detections', 'HeadOutputs',
            'export_metadata', 'export_onnx', 'export_torchscript', 'cam_layers', 'gradcam', 'overlay_heatmap',
            'detections_table', 'render_view', 'viewer', 'predict_parser', 'predict_main', 'export_parser',
@@ -69,16 +70,12 @@ def _name(source) -> str | None:
     return str(source) if isinstance(source, (str, os.PathLike)) else None
 
 # %% ../nbs/10_predict.ipynb
-PAD_VALUE = 114  # grey padding of the letterbox
-
 def letterbox_image(image: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
-    "Resize an `[H, W, 3]` uint8 image so its longest side is `size` and pad it, centred, to `[size, size, 3]`."
+    "Resize an `[H, W, 3]` uint8 image so its longest side is `size` and pad it, centred, to `[size, size, 3]` (the eval transforms)."
     h, w = image.shape[:2]
-    lb = letterbox_params(w, h, size)
-    out = np.full((size, size, 3), pad_value, np.uint8)
-    out[lb.pad_y:lb.pad_y + lb.new_height, lb.pad_x:lb.pad_x + lb.new_width] = cv2.resize(
-        image, (lb.new_width, lb.new_height), interpolation=cv2.INTER_LINEAR)
-    return out, lb
+    out = eval_transforms(size, pad_value)(image=image, bboxes=np.zeros((0, 4), np.float32),
+                                           labels=np.zeros(0, np.int64), difficult=np.zeros(0, bool))["image"]
+    return out, letterbox_params(w, h, size)
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     "An `[H, W, 3]` uint8 image as a float tensor `[3, H, W]` in `[0, 1]`."
