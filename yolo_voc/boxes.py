@@ -71,7 +71,7 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     return inter / (wh1.prod(-1)[:, None] + wh2.prod(-1)[None] - inter)
 
 # %% ../nbs/00_boxes.ipynb
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning moves batches (and the infos in them) with `apply_to_collection`, which rebuilds dataclasses
 class Letterbox:
     "How an image of `width` x `height` maps into a `size` x `size` letterboxed square."
     width: int
