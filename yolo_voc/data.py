@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, cxcywh_to_xyxy, letterbox_params, wh_iou, xyxy_to_cxcywh
-from .transforms import (MULTISCALE_SIZES, eval_transforms, mosaic, multiscale_size, read_checked,
+from .transforms import (MULTISCALE_SIZES, decode_factor, eval_transforms, mosaic, multiscale_size, read_checked,
                                  resize_batch, seed_transforms, train_transforms)
 from .voc import DatasetError, load_annotations, make_synthetic_voc
 
@@ -33,8 +33,9 @@ __all__ = ['image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset'
 # %% ../nbs/03_data.ipynb
 def image_to_tensor(img: np.ndarray, uint8: bool = False) -> torch.Tensor:
     "An `uint8` `[H, W, 3]` array to a `[3, H, W]` tensor: float32 in [0, 1], or `uint8` as it is."
-    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # [3, H, W] uint8
-    return t if uint8 else t.float().div_(255)
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8, a channels-last view
+    # float: one strided pass (the result keeps channels-last strides; `collate` stacks into a contiguous batch)
+    return t.contiguous() if uint8 else t.div(255.0)  # one pass, promotes to float32
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
     "A batch of images to float in [0, 1]: `uint8` is divided by 255 (on its device), float is returned as is."
@@ -50,12 +51,12 @@ def boxes_to_target(boxes: np.ndarray, labels: np.ndarray, width: int, height: i
 class VOCDataset(Dataset):
     "Pascal VOC style detection dataset over `Annotation`s: mosaic + augmentation for training, letterbox for evaluation."
     def __init__(self, annotations: Sequence, size: int = 416, train: bool = True, mosaic_prob: float = 0.75,
-                 transforms=None, seed: int = 0, mosaic_scale: tuple[float, float] = (0.35, 0.55),
+                 transforms=None, seed: int = 0, mosaic_scale: tuple[float, float] = (0.4, 0.6),
                  mosaic_size: int | None = None, keep_difficult: bool = True, uint8: bool = False):
         self.annotations, self.size, self.train, self.seed = list(annotations), size, train, seed
         self.mosaic_prob = mosaic_prob if train else 0.0
         self.transforms = transforms if transforms is not None else (train_transforms(size) if train else eval_transforms(size))
-        self.mosaic_scale, self.mosaic_size = mosaic_scale, mosaic_size or int(round(1.1 * size))
+        self.mosaic_scale, self.mosaic_size = mosaic_scale, mosaic_size or size
         self.keep_difficult, self.uint8, self.epoch = keep_difficult, uint8, 0
 
     def __len__(self) -> int: return len(self.annotations)
@@ -63,6 +64,10 @@ class VOCDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         "Epoch used for `int` indices (an `EpochSampler` passes it with each index instead)."
         self.epoch = epoch
+
+    def _is_mosaic(self, rng: np.random.Generator) -> bool:
+        "The mosaic decision: the first draw of a sample's generator."
+        return bool(rng.random() < self.mosaic_prob)
 
     def _source(self, a):
         "Boxes, labels and difficult flags of `a`, without difficult boxes when they are not kept."
@@ -72,6 +77,26 @@ class VOCDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
+        return self._sample(index, epoch)
+
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list:
+        "A batch of samples; training mosaics draw their partners from the batch, each image decoded once."
+        parsed = [i if isinstance(i, tuple) else (i, self.epoch) for i in items]
+        if not self.train: return [self._sample(i, e) for i, e in parsed]
+        batch = [i for i, _ in parsed]
+        # images whose own sample is plain are needed at full size; the others only as mosaic tiles, which are at
+        # most `mosaic_scale[1] * mosaic_size` long, so the JPEG decoder may reduce them (`decode_factor`)
+        plain = {i for i, e in parsed if not self._is_mosaic(np.random.default_rng([self.seed, e, i]))}
+        decoded = {}
+        def decode(j: int, full: bool = False) -> np.ndarray:
+            if j not in decoded or (full and decoded[j][1] > 1):
+                a = self.annotations[j]
+                f = 1 if full or j in plain else decode_factor(self.mosaic_scale[1] * self.mosaic_size / max(a.width, a.height))
+                decoded[j] = (read_checked(a, f, rgb=False), f)  # BGR
+            return decoded[j][0]
+        return [self._sample(i, e, batch, decode) for i, e in parsed]
+
+    def _sample(self, index: int, epoch: int, batch: Sequence[int] | None = None, decode=None):
         a = self.annotations[index]
         info = {"index": index, "image_id": a.image_id, "orig_size": (a.height, a.width)}
         if not self.train:
@@ -82,17 +107,23 @@ class VOCDataset(Dataset):
                         labels=torch.from_numpy(labels), difficult=torch.from_numpy(diff))
         else:
             rng = np.random.default_rng([self.seed, epoch, index])
-            info["mosaic"] = bool(rng.random() < self.mosaic_prob)
+            info["mosaic"] = self._is_mosaic(rng)
             if info["mosaic"]:
-                picks = [index, *rng.integers(0, len(self.annotations), 3).tolist()]
+                if batch is None:  # partners from the whole dataset
+                    partners = rng.integers(0, len(self.annotations), 3).tolist()
+                else:  # partners from the rest of the batch (this image again only in a batch of one)
+                    others = list(batch); others.remove(index)
+                    partners = rng.choice(others or [index], 3, replace=len(others) < 3).tolist()
                 srcs = []
-                for j in rng.permutation(picks).tolist():
+                picks = rng.permutation([index, *partners]).tolist()
+                for j in picks:
                     s = self.annotations[j]
                     b, l, d = self._source(s)
                     srcs.append(_Tile(s.image_path, s.width, s.height, b, l, d))
-                img, boxes, labels, diff = mosaic(srcs, self.mosaic_size, rng, scale=self.mosaic_scale)
+                images = [decode(j) for j in picks] if decode is not None else None
+                img, boxes, labels, diff = mosaic(srcs, self.mosaic_size, rng, scale=self.mosaic_scale, images=images)
             else:
-                img = read_checked(a)
+                img = cv2.cvtColor(decode(index, True), cv2.COLOR_BGR2RGB) if decode is not None else read_checked(a)
                 boxes, labels, diff = self._source(a)
             seed_transforms(self.transforms, rng)
             out = self.transforms(image=img, bboxes=boxes, labels=labels, difficult=diff)

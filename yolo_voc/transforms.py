@@ -20,9 +20,9 @@ from .boxes import Letterbox, letterbox_params
 from .voc import DatasetError
 
 # %% auto 0
-__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'read_image', 'decode_factor', 'Letterbox', 'bbox_params', 'eval_transforms',
-           'TrainAugment', 'train_transforms', 'seed_transforms', 'filter_boxes', 'read_checked', 'mosaic',
-           'multiscale_size', 'resize_batch']
+__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'read_image', 'decode_factor', 'Letterbox', 'HSVJitter', 'FastAffine', 'LumaCLAHE',
+           'bbox_params', 'eval_transforms', 'ScaleCrop', 'TrainAugment', 'train_transforms', 'seed_transforms',
+           'filter_boxes', 'read_checked', 'mosaic', 'multiscale_size', 'resize_batch']
 
 # %% ../nbs/02_transforms.ipynb
 PAD_VALUE: int = 114  # grey used for every padding (letterbox, crop, affine border, mosaic canvas)
@@ -30,12 +30,12 @@ PAD_VALUE: int = 114  # grey used for every padding (letterbox, crop, affine bor
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
 
-def read_image(path: str | Path, reduce: int = 1) -> np.ndarray:
-    "Decode an image file to RGB `uint8` `[H, W, 3]`, optionally `reduce`d 2, 4 or 8 times by the JPEG decoder."
+def read_image(path: str | Path, reduce: int = 1, rgb: bool = True) -> np.ndarray:
+    "Decode an image file to RGB (or, `rgb=False`, BGR) `uint8` `[H, W, 3]`, optionally `reduce`d 2, 4 or 8 times by the JPEG decoder."
     img = cv2.imread(str(path), _REDUCED_FLAGS[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise DatasetError(f"{path}: cannot be read as an image (missing, empty or corrupt file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
 
 def decode_factor(scale: float, tolerance: float = 1.1) -> int:
     "The largest JPEG reduction (1, 2, 4, 8) for an image drawn at `scale` x its size, upsampling at most `tolerance`."
@@ -71,6 +71,52 @@ class Letterbox(A.DualTransform):
         return ("size", "fill", "interpolation")
 
 # %% ../nbs/02_transforms.ipynb
+class HSVJitter(A.ImageOnlyTransform):
+    "Random brightness, contrast, saturation (factors `1 +- value`) and hue (shift `+- hue` of the circle), via HSV lookup tables."
+    def __init__(self, brightness: float = 0.6, contrast: float = 0.6, saturation: float = 0.6, hue: float = 0.1,
+                 p: float = 0.5):
+        super().__init__(p=p)
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def get_params(self) -> dict:
+        u = self.py_random.uniform
+        return {"b": u(max(0., 1 - self.brightness), 1 + self.brightness), "c": u(max(0., 1 - self.contrast), 1 + self.contrast),
+                "s": u(max(0., 1 - self.saturation), 1 + self.saturation), "h": u(-self.hue, self.hue)}
+
+    def apply(self, img: np.ndarray, b: float, c: float, s: float, h: float, **params) -> np.ndarray:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # uint8: H in [0, 180)
+        x = np.arange(256, dtype=np.float32)
+        m = cv2.mean(hsv)[2] * b
+        lut = np.stack([(x + h * 180) % 180, x * s, (x * b - m) * c + m], 1)  # [256, 3]
+        hsv = cv2.LUT(hsv, np.clip(lut, 0, 255).astype(np.uint8).reshape(256, 1, 3))
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness", "contrast", "saturation", "hue")
+
+class FastAffine(A.Affine):
+    "`A.Affine` that warps 3-channel `uint8` images as 4-channel ones: OpenCV's 4-channel linear warp is far faster."
+    def apply(self, img: np.ndarray, matrix: np.ndarray, output_shape: tuple[int, int], **params) -> np.ndarray:
+        if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
+            out = super().apply(cv2.cvtColor(img, cv2.COLOR_RGB2RGBA), matrix, output_shape, **params)
+            return cv2.cvtColor(out, cv2.COLOR_RGBA2RGB)
+        return super().apply(img, matrix, output_shape, **params)
+
+class LumaCLAHE(A.ImageOnlyTransform):
+    "Contrast limited adaptive histogram equalization of the luma (Y of YCrCb)."
+    def __init__(self, clip_limit: float = 2.0, tile_grid_size: tuple[int, int] = (8, 8), p: float = 0.5):
+        super().__init__(p=p)
+        self.clip_limit, self.tile_grid_size = clip_limit, tuple(tile_grid_size)
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)
+        y = cv2.createCLAHE(self.clip_limit, self.tile_grid_size).apply(cv2.extractChannel(ycc, 0))
+        return cv2.cvtColor(cv2.insertChannel(y, ycc, 0), cv2.COLOR_YCrCb2RGB)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("clip_limit", "tile_grid_size")
+
+# %% ../nbs/02_transforms.ipynb
 def bbox_params(min_visibility: float = 0.0, min_size: float = 0.0) -> A.BboxParams:
     "Pixel xyxy boxes with `labels` and `difficult` label fields, filtered by visibility and side length at the end."
     return A.BboxParams(format="pascal_voc", label_fields=["labels", "difficult"], min_visibility=min_visibility,
@@ -81,10 +127,50 @@ def eval_transforms(size: int = 416, pad_value: int = PAD_VALUE) -> A.Compose:
     return A.Compose([Letterbox(size, fill=pad_value)], bbox_params=bbox_params(), strict=True)
 
 # %% ../nbs/02_transforms.ipynb
+class ScaleCrop(A.DualTransform):
+    "Longest side to `scale_up * size`, centred pad to a square, random `size` crop; `size` squares pass unchanged."
+    def __init__(self, size: int = 416, scale_up: float = 1.1, fill: int = PAD_VALUE,
+                 interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
+        super().__init__(p=p)
+        self.size, self.scale_up, self.fill, self.interpolation = size, scale_up, fill, interpolation
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        h, w = params["shape"][:2]
+        if (h, w) == (self.size, self.size): return {"geom": None}
+        big = max(self.size, int(round(self.scale_up * self.size)))
+        s = big / max(w, h)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        ox = (big - nw) // 2 - self.py_random.randint(0, big - self.size)  # left edge of the image in the output
+        oy = (big - nh) // 2 - self.py_random.randint(0, big - self.size)
+        return {"geom": (w, h, nw, nh, ox, oy)}
+
+    def apply(self, img: np.ndarray, geom, **params) -> np.ndarray:
+        if geom is None: return img
+        w, h, nw, nh, ox, oy = geom
+        n = self.size
+        x0, y0, x1, y1 = max(0, -ox), max(0, -oy), min(nw, n - ox), min(nh, n - oy)  # visible part, resized coords
+        if x1 <= x0 or y1 <= y0: return np.full((n, n, img.shape[2]), self.fill, img.dtype)
+        # resize only the part that stays (cv2 maps pixel centres, so resize whole then slice to stay exact)
+        img = cv2.resize(img, (nw, nh), interpolation=self.interpolation)[y0:y1, x0:x1]
+        return cv2.copyMakeBorder(img, y0 + oy, n - (y1 + oy), x0 + ox, n - (x1 + ox), cv2.BORDER_CONSTANT,
+                                  value=(self.fill,) * 3)
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, geom, **params) -> np.ndarray:
+        if geom is None: return bboxes
+        w, h, nw, nh, ox, oy = geom
+        out = bboxes.copy()  # normalized to the input in, normalized to the output out
+        out[:, [0, 2]] = (bboxes[:, [0, 2]] * nw + ox) / self.size
+        out[:, [1, 3]] = (bboxes[:, [1, 3]] * nh + oy) / self.size
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "scale_up", "fill", "interpolation")
+
+# %% ../nbs/02_transforms.ipynb
 @dataclass
 class TrainAugment:
     "Every parameter of the training augmentation; defaults follow the usual YOLOv3 recipe."
-    scale_up: float = 1.1           # longest side to scale_up * size, pad to that square, random crop `size`
+    scale_up: float = 1.1           # longest side to scale_up * size, pad to that square, random crop `size` (not for mosaics)
     brightness: float = 0.6         # colour jitter ranges (1 +- value) ...
     contrast: float = 0.6
     saturation: float = 0.6
@@ -96,7 +182,7 @@ class TrainAugment:
     shear: float = 10.0
     affine_p: float = 0.5           # one of (shift-scale-rotate, shear) with this probability
     hflip_p: float = 0.5
-    blur_p: float = 0.1
+    blur_p: float = 0.1             # blur, CLAHE, posterize, grey: at most one per image, with these odds
     clahe_p: float = 0.1
     posterize_p: float = 0.1
     gray_p: float = 0.1
@@ -108,24 +194,24 @@ class TrainAugment:
 def train_transforms(size: int = 416, **params: Any) -> A.Compose:
     "Training pipeline for a `size` square; `params` override the fields of `TrainAugment`."
     c = TrainAugment(**params)
-    big = int(round(c.scale_up * size))
     fill = (c.pad_value,) * 3
     affine = dict(interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=fill, p=1.0)
     return A.Compose([
-        A.LongestMaxSize(max_size=big, interpolation=cv2.INTER_LINEAR),
-        A.PadIfNeeded(big, big, border_mode=cv2.BORDER_CONSTANT, fill=fill),
-        A.RandomCrop(size, size),
-        A.ColorJitter(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation, hue=c.hue, p=c.color_p),
-        A.OneOf([A.Affine(translate_percent=(-c.translate, c.translate), scale=c.scale, rotate=(-c.rotate, c.rotate),
-                          **affine),
-                 A.Affine(shear=(-c.shear, c.shear), **affine)], p=c.affine_p),
+        ScaleCrop(size, c.scale_up, fill=c.pad_value),
+        HSVJitter(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation, hue=c.hue, p=c.color_p),
+        A.OneOf([FastAffine(translate_percent=(-c.translate, c.translate), scale=c.scale, rotate=(-c.rotate, c.rotate),
+                            **affine),
+                 FastAffine(shear=(-c.shear, c.shear), **affine)], p=c.affine_p),
         A.HorizontalFlip(p=c.hflip_p),
-        A.Blur(blur_limit=(3, 5), p=c.blur_p),
-        A.CLAHE(clip_limit=2.0, p=c.clahe_p),
-        A.Posterize(num_bits=(4, 6), p=c.posterize_p),
-        A.ToGray(p=c.gray_p),
-        A.ChannelShuffle(p=c.channel_shuffle_p),
-    ], bbox_params=bbox_params(c.min_visibility, c.min_size), strict=True)
+        *_one_of([A.Blur(blur_limit=(3, 5), p=c.blur_p), LumaCLAHE(clip_limit=2.0, p=c.clahe_p),
+                  A.Posterize(num_bits=(4, 6), p=c.posterize_p), A.ToGray(p=c.gray_p)]),
+        *([A.ChannelShuffle(p=c.channel_shuffle_p)] if c.channel_shuffle_p > 0 else []),
+    ], bbox_params=bbox_params(c.min_visibility, c.min_size), strict=False)
+
+def _one_of(transforms: list) -> list:
+    "At most one of `transforms` (chosen in proportion to their `p`), with probability the sum of their `p`; [] if all are 0."
+    transforms = [t for t in transforms if t.p > 0]
+    return [A.OneOf(transforms, p=min(1.0, sum(t.p for t in transforms)))] if transforms else []
 
 # %% ../nbs/02_transforms.ipynb
 def seed_transforms(transforms: A.BaseCompose, rng: np.random.Generator) -> None:
@@ -139,9 +225,9 @@ def filter_boxes(boxes: np.ndarray, clipped: np.ndarray, min_visibility: float =
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return (w >= min_size) & (h >= min_size) & (w * h >= min_visibility * area)
 
-def read_checked(src, reduce: int = 1, read: Callable = read_image) -> np.ndarray:
-    "Decode the image of an `Annotation`-like `src`, checking its size against the record."
-    img = read(src.image_path, reduce)
+def read_checked(src, reduce: int = 1, rgb: bool = True) -> np.ndarray:
+    "Decode the image of an `Annotation`-like `src` (see `read_image`), checking its size against the record."
+    img = read_image(src.image_path, reduce, rgb)
     want = (-(-src.height // reduce), -(-src.width // reduce))
     if img.shape[:2] != want:
         raise DatasetError(f"{src.image_path}: image is {img.shape[1] * reduce}x{img.shape[0] * reduce} "
@@ -149,9 +235,9 @@ def read_checked(src, reduce: int = 1, read: Callable = read_image) -> np.ndarra
                            f"{src.width}x{src.height}")
     return img
 
-def mosaic(sources: Sequence, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.35, 0.55),
+def mosaic(sources: Sequence, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.4, 0.6),
            centre: tuple[float, float] = (0.25, 0.75), pad_value: int = PAD_VALUE, min_visibility: float = 0.4,
-           min_size: float = 2.0, read: Callable = read_image):
+           min_size: float = 2.0, images: Sequence[np.ndarray | None] | None = None):
     "Four `sources` around a random centre of a `size` square -> (image `uint8` [size, size, 3], boxes [n, 4] px xyxy, labels [n], difficult [n])."
     assert len(sources) == 4, "mosaic needs 4 sources"
     cx, cy = (int(v) for v in rng.uniform(centre[0] * size, centre[1] * size, 2))
@@ -161,7 +247,8 @@ def mosaic(sources: Sequence, size: int, rng: np.random.Generator, scale: tuple[
     for k, (src, side) in enumerate(zip(sources, sides)):
         s = side / max(src.width, src.height)
         tw, th = max(1, round(src.width * s)), max(1, round(src.height * s))
-        img = read_checked(src, decode_factor(s), read)
+        img = images[k] if images is not None and images[k] is not None else \
+            read_checked(src, decode_factor(s), rgb=False)  # BGR: one colour conversion for the canvas
         if img.shape[:2] != (th, tw): img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_LINEAR)
         x0 = cx - tw if k in (0, 2) else cx  # tile's top-left corner on the canvas, may be negative
         y0 = cy - th if k in (0, 1) else cy
@@ -174,6 +261,7 @@ def mosaic(sources: Sequence, size: int, rng: np.random.Generator, scale: tuple[
     boxes = np.concatenate(all_boxes)
     clipped = boxes.clip(0, size)
     keep = filter_boxes(boxes, clipped, min_visibility, min_size)
+    cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB, dst=canvas)
     return canvas, clipped[keep], np.concatenate(all_labels)[keep], np.concatenate(all_difficult)[keep]
 
 # %% ../nbs/02_transforms.ipynb
