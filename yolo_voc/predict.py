@@ -439,8 +439,9 @@ def overlay_heatmap(image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
 def detections_table(detections: Detections):
     "A `pandas.DataFrame` with one row per detection: name, score and box corners in pixels."
     import pandas as pd
-    return pd.DataFrame(dict(name=list(detections.names), score=detections.scores.round(4),
-                             **{k: detections.boxes[:, i].round(1) for i, k in enumerate(("x1", "y1", "x2", "y2"))}),
+    boxes = detections.boxes.astype(np.float64)  # float64, so that rounded values print as such
+    return pd.DataFrame(dict(name=list(detections.names), score=detections.scores.astype(np.float64).round(4),
+                             **{k: boxes[:, i].round(1) for i, k in enumerate(("x1", "y1", "x2", "y2"))}),
                         columns=["name", "score", "x1", "y1", "x2", "y2"])
 
 def render_view(detector: Detector, image, conf: float = 0.25, iou: float = 0.45, show_cam: bool = False,
