@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import yolo_voc
 
 # %% auto 0
-__all__ = ['COMMANDS', 'main', 'synth', 'check']
+__all__ = ['COMMANDS', 'SUMMARY_KEYS', 'main', 'synth', 'check', 'cpu_defaults', 'cuda_defaults', 'format_table', 'write_summary',
+           'train_main', 'fit', 'validate', 'test', 'lr_find']
 
 # %% ../nbs/11_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -117,3 +118,187 @@ def check(argv: list[str]) -> int:
     return 0 if rep.ok else 1
 
 COMMANDS["check"] = check
+
+# %% ../nbs/11_cli.ipynb
+def _run_dir(trainer_cfg) -> Path:
+    return Path(trainer_cfg.get("default_root_dir") or "runs/yolo_voc")
+
+def cpu_defaults() -> dict:
+    "The embedded default run on a CPU: a narrow YOLOv3 on the synthetic dataset, minutes not hours."
+    return {"model.width_mult": 0.25, "model.depth_mult": 0.33, "data.image_size": 192, "data.batch_size": 16,
+            "data.synthetic_images": 600, "data.num_workers": 1, "trainer.max_epochs": 12,
+            "model.map_every_n_epochs": 4, "trainer.precision": "32-true"}
+
+def cuda_defaults() -> dict:
+    "The full YOLOv3-416 in bf16 on a GPU."
+    return {"model.width_mult": 1.0, "model.depth_mult": 1.0, "data.image_size": 416, "data.batch_size": 64,
+            "data.synthetic_images": 2000, "data.num_workers": min(8, os.cpu_count() or 1), "trainer.max_epochs": 40,
+            "model.map_every_n_epochs": 5, "trainer.precision": "bf16-mixed", "model.channels_last": True}
+
+def _yolo_cli_class():
+    "Build `YoloCLI` (imports Lightning, so only when a training command runs)."
+    import time
+    import torch
+    from pytorch_lightning.cli import LightningCLI
+    from yolo_voc.data import VOCDataModule
+    from yolo_voc.plots import PredictionImages, plot_run
+    from yolo_voc.train import (AtomicCheckpointIO, RunLogger, YoloModule, check_checkpoint_fits, find_max_lr,
+                                load_checkpoint_file, run_callbacks)
+
+    class YoloCLI(LightningCLI):
+        "LightningCLI for `YoloModule` + `VOCDataModule` with run files, the dataset check, LR finder and resume."
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("seed_everything_default", 0)
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            super().__init__(YoloModule, VOCDataModule, *args, **kwargs)
+
+        def add_arguments_to_parser(self, parser):
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+            parser.link_arguments("data.image_size", "model.image_size")
+            parser.add_argument("--lr_find_steps", type=int, default=60, help="steps of the LR range test when model.max_lr is not set")
+            defaults = cuda_defaults() if torch.cuda.is_available() else cpu_defaults()
+            defaults["trainer.default_root_dir"] = "runs/yolo_voc"
+            parser.set_defaults(defaults)
+
+        def _cfg(self):
+            return self.config[self.subcommand] if self.subcommand else self.config
+
+        def instantiate_trainer(self, **kwargs):
+            cfg = self._get(self.config_init, "trainer", default={})
+            run_dir = _run_dir(cfg)
+            if cfg.get("logger") in (None, True): kwargs["logger"] = RunLogger(run_dir)
+            kwargs["plugins"] = [AtomicCheckpointIO()] + list(cfg.get("plugins") or [])
+            kwargs["callbacks"] = (list(cfg.get("callbacks") or []) + run_callbacks(run_dir)
+                                   + [PredictionImages(run_dir)])
+            return super().instantiate_trainer(**kwargs)
+
+        # -- fit ------------------------------------------------------------------------------------
+        def before_fit(self):
+            self._t0 = time.time()
+            run_dir = Path(self.trainer.default_root_dir)
+            self._check_data(run_dir)
+            ckpt_path = self._cfg().get("ckpt_path")
+            if ckpt_path:
+                path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+                if ckpt_path == "last" and not path.exists():
+                    print(f"yolo-voc fit: no {path} yet: starting a new run", file=sys.stderr)
+                    self.config[self.subcommand]["ckpt_path"] = None
+                else:
+                    ckpt = load_checkpoint_file(path)  # a clear error for a missing or corrupt file
+                    check_checkpoint_fits(ckpt, self.model, path)
+                    saved = ckpt.get("yolo_voc", {}).get("max_lr")
+                    if self.model.hparams.max_lr is None and saved: self.model.hparams.max_lr = saved
+                    return
+            if self.model.hparams.max_lr is None:
+                self.datamodule.setup("fit")
+                res = find_max_lr(self.model, self.datamodule.train_dataloader(), run_dir,
+                                  num_steps=self._cfg().get("lr_find_steps", 60))
+                self.model.hparams.max_lr = res.suggestion
+                print(f"LR finder: max_lr = {res.suggestion:.3g} ({res.rule} rule; {run_dir / 'lr_find.png'})")
+
+        def _check_data(self, run_dir: Path):
+            "Check the dataset before training; refuse bad data unless `skip_bad`, listing what is skipped."
+            from yolo_voc.voc import check_dataset
+            dm = self.datamodule
+            root = dm.dataset_root()
+            problems = []
+            for split in dict.fromkeys([dm.hparams.train_split, dm.hparams.val_split]):
+                problems += check_dataset(root, split, dm.class_names, cache=True).problems
+            if not problems: return
+            listing = "\n".join(f"  {p.file}: {p.problem}" for p in problems)
+            if not dm.hparams.skip_bad:
+                raise SystemExit(f"yolo-voc fit: the dataset at {root} has {len(problems)} problem(s); fix them or pass "
+                                 f"--data.skip_bad true to train on the rest:\n{listing}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "skipped.json").write_text(json.dumps([dict(file=p.file, problem=p.problem) for p in problems], indent=1))
+            print(f"yolo-voc fit: skipping {len(problems)} problem(s), listed in {run_dir / 'skipped.json'}:\n{listing}", file=sys.stderr)
+
+        def after_fit(self):
+            if not self.trainer.is_global_zero: return
+            run_dir = Path(self.trainer.default_root_dir)
+            write_summary(run_dir, self.trainer, time.time() - self._t0)
+
+        def after_validate(self): self._table("val")
+        def after_test(self): self._table("test")
+
+        def _table(self, prefix):
+            if self.trainer.is_global_zero:
+                m = {k.split("/", 1)[1]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix + "/")}
+                print(format_table({k: m[k] for k in SUMMARY_KEYS if k in m}))
+
+    return YoloCLI
+
+#: The metrics `summary.json` and the terminal table report, from the last validation.
+SUMMARY_KEYS = ("map50", "map", "class_accuracy", "noobj_accuracy", "obj_accuracy")
+
+def format_table(values: dict) -> str:
+    "A two-column text table of `values`."
+    w = max([len(k) for k in values] + [6])
+    lines = [f"{'metric':<{w}}  value", f"{'-' * w}  ------"]
+    lines += [f"{k:<{w}}  {v:.4f}" if isinstance(v, float) else f"{k:<{w}}  {v}" for k, v in values.items()]
+    return "\n".join(lines)
+
+def write_summary(run_dir: Path, trainer, seconds: float) -> dict:
+    "Plots, `summary.json` and the terminal table at the end of `fit`."
+    from yolo_voc.plots import plot_run
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    plots = plot_run(run_dir)
+    ckpts = {cb.__class__.__name__ + ("_best" if cb.monitor else "_last"): (cb.best_model_path if cb.monitor else cb.last_model_path)
+             for cb in trainer.checkpoint_callbacks}
+    summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
+    summary.update(epochs=trainer.current_epoch, seconds=round(seconds, 1),
+                   plots=[str(p) for p in plots] + sorted(str(p) for p in (run_dir / "plots").glob("predictions_*.png")),
+                   checkpoints=dict(last=ckpts.get("ModelCheckpoint_last"), best=ckpts.get("ModelCheckpoint_best")),
+                   run_dir=str(run_dir))
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, run_dir / "summary.json")
+    print(format_table({k: summary[k] for k in SUMMARY_KEYS if summary[k] is not None} |
+                       {"epochs": summary["epochs"], "seconds": summary["seconds"]}))
+    print(f"run directory: {run_dir} (summary.json, plots/, checkpoints/)")
+    return summary
+
+def train_main(subcommand: str):
+    "A `COMMANDS` entry running `LightningCLI` for `subcommand`."
+    def run(argv: list[str]) -> int:
+        _yolo_cli_class()(args=[subcommand] + list(argv))
+        return 0
+    return run
+
+def fit(argv: list[str]) -> int:
+    "Train (LightningCLI): checks the data, finds max_lr, trains with OneCycleLR; --help for every option."
+    return train_main("fit")(argv)
+
+def validate(argv: list[str]) -> int:
+    "Validate a checkpoint (LightningCLI): --ckpt_path CKPT; accuracies and mAP on the validation split."
+    return train_main("validate")(argv)
+
+def test(argv: list[str]) -> int:
+    "Test a checkpoint (LightningCLI): --ckpt_path CKPT; accuracies and mAP on the test split."
+    return train_main("test")(argv)
+
+def lr_find(argv: list[str]) -> int:
+    "Run the LR range test on the configured model and data; writes lr_find.json/png to the run directory."
+    cli = _yolo_cli_class()(args=list(argv), run=False)
+    from yolo_voc.train import find_max_lr
+    run_dir = Path(cli.trainer.default_root_dir)
+    cli.datamodule.setup("fit")
+    res = find_max_lr(cli.model, cli.datamodule.train_dataloader(), run_dir, num_steps=cli.config.get("lr_find_steps", 60))
+    print(f"suggested max_lr = {res.suggestion:.4g} ({res.rule}); plot: {run_dir / 'lr_find.png'}")
+    return 0
+
+COMMANDS.update({"fit": fit, "validate": validate, "test": test, "lr-find": lr_find})
+
+# %% ../nbs/11_cli.ipynb
+def _lazy(module: str, name: str, doc: str):
+    "A command that imports `module.name` only when it runs."
+    def run(argv: list[str]) -> int:
+        import importlib
+        return getattr(importlib.import_module(module), name)(argv)
+    run.__doc__ = doc
+    return run
+
+COMMANDS["predict"] = _lazy("yolo_voc.predict", "predict_main", "Detect objects in images or folders; writes drawn images and predictions.json.")
+COMMANDS["export"] = _lazy("yolo_voc.predict", "export_main", "Export a checkpoint to ONNX or TorchScript.")
+COMMANDS["app"] = _lazy("yolo_voc.app", "app_main", "Start the Gradio demo app on localhost (needs the [app] extra).")

@@ -27,7 +27,7 @@ class LRFinderResult:
     losses: list[float]
     smoothed: list[float]
     suggestion: float
-    rule: str = "min/10"
+    rule: str = "valley"
 
     def to_json(self, path: str | Path) -> Path:
         "Write the result as JSON (atomically) and return the path."
@@ -62,23 +62,38 @@ def smooth_losses(losses: list[float], beta: float = 0.9) -> list[float]:
         out.append(avg / (1 - beta ** i))
     return out
 
-def suggest_lr(lrs: list[float], smoothed: list[float], rule: str = "min/10") -> float:
-    "Turn a range test into `max_lr`: `min/10` is the LR of the lowest smoothed loss divided by 10; `steepest` is the LR where the smoothed loss falls fastest."
+def _longest_descent(values: list[float]) -> tuple[int, int]:
+    "First and last index of the longest strictly decreasing subsequence of `values`."
+    n = len(values)
+    length, prev = [1] * n, [-1] * n
+    for i in range(n):
+        for j in range(i):
+            if values[j] > values[i] and length[j] + 1 > length[i]: length[i], prev[i] = length[j] + 1, j
+    end = max(range(n), key=length.__getitem__)
+    start = end
+    while prev[start] >= 0: start = prev[start]
+    return start, end
+
+def suggest_lr(lrs: list[float], smoothed: list[float], rule: str = "valley") -> float:
+    "Turn a range test into `max_lr` by `rule`: `valley` (default), `steepest` or `min/10` (see below)."
     if len(lrs) < 3: raise ValueError("the range test needs at least 3 finite points to suggest a learning rate")
-    if rule == "min/10":
-        best = min(range(len(smoothed)), key=smoothed.__getitem__)
-        return lrs[best] / 10
+    best = min(range(len(smoothed)), key=smoothed.__getitem__)
+    if rule == "min/10": return lrs[best] / 10
+    if rule == "valley":
+        start, end = _longest_descent(smoothed)
+        return lrs[(start + end) // 2]
     if rule == "steepest":
         logs = [math.log(lr) for lr in lrs]
-        slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(len(lrs) - 1)]
+        end = max(best, 2)  # only the descent before the lowest loss counts
+        slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(end)]
         return lrs[min(range(len(slopes)), key=slopes.__getitem__)]
-    raise ValueError(f"unknown rule {rule!r}: use 'min/10' or 'steepest'")
+    raise ValueError(f"unknown rule {rule!r}: use 'valley', 'steepest' or 'min/10'")
 
 # %% ../nbs/07_lr_find.ipynb
 def lr_range_test(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], batches: Iterable,
                   optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
                   min_lr: float = 1e-6, max_lr: float = 1.0, num_steps: int = 100, beta: float = 0.9,
-                  diverge_factor: float = 4.0, rule: str = "min/10") -> LRFinderResult:
+                  diverge_factor: float = 4.0, rule: str = "valley") -> LRFinderResult:
     "Train `model` on `batches` with an exponentially growing LR; record losses, restore the weights, suggest `max_lr`."
     state = copy.deepcopy(model.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]

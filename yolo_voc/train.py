@@ -28,8 +28,8 @@ from .model import YOLOv3
 
 # %% auto 0
 __all__ = ['TrainingError', 'CheckpointError', 'param_groups', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file',
-           'check_checkpoint_fits', 'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'run_callbacks',
-           'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
+           'check_checkpoint_fits', 'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint',
+           'run_callbacks', 'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
@@ -66,7 +66,9 @@ class YoloModule(pl.LightningModule):
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        self.save_hyperparameters()
+        # saved in checkpoints; not sent to loggers, which would clash with the DataModule's own `class_names` (None
+        # when they are the default) although they are the same classes
+        self.save_hyperparameters(logger=False)
         self.class_names = list(class_names or (VOC_CLASSES if num_classes == 20 else [str(i) for i in range(num_classes)]))
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
         self.register_buffer("anchors", ANCHORS.clone(), persistent=False)
@@ -334,24 +336,29 @@ def default_precision() -> str:
     "`bf16-mixed` where CUDA supports it, else 32-bit."
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
-def run_callbacks(run_dir: str | Path, map_every_n_epochs: int = 1) -> list[Callback]:
+class BestCheckpoint(ModelCheckpoint):
+    "`ModelCheckpoint` on a metric that is not logged every epoch (mAP every `k` epochs): epochs without it are skipped."
+    def _save_topk_checkpoint(self, trainer, monitor_candidates):
+        if self.monitor in monitor_candidates: super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+def run_callbacks(run_dir: str | Path) -> list[Callback]:
     "The callbacks every run has: last and best checkpoints, the LR file."
     ckpt_dir = Path(run_dir) / "checkpoints"
     last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/map50", mode="max", save_top_k=1,
-                           every_n_epochs=map_every_n_epochs, enable_version_counter=False, auto_insert_metric_name=False)
+    best = BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/map50", mode="max", save_top_k=1,
+                          enable_version_counter=False, auto_insert_metric_name=False)
     return [last, best, RunFiles(run_dir)]
 
-def make_trainer(run_dir: str | Path, map_every_n_epochs: int = 1, callbacks: list | None = None, **trainer_kwargs) -> pl.Trainer:
+def make_trainer(run_dir: str | Path, callbacks: list | None = None, **trainer_kwargs) -> pl.Trainer:
     "A `Trainer` with the run directory, checkpoints, atomic checkpoint IO, `RunLogger` and `RunFiles`."
     kw = dict(precision=default_precision(), log_every_n_steps=1, enable_model_summary=False, benchmark=torch.cuda.is_available())
     kw.update(trainer_kwargs)
     return pl.Trainer(default_root_dir=str(run_dir), logger=RunLogger(run_dir), plugins=[AtomicCheckpointIO()],
-                      callbacks=run_callbacks(run_dir, map_every_n_epochs) + list(callbacks or []), **kw)
+                      callbacks=run_callbacks(run_dir) + list(callbacks or []), **kw)
 
 # %% ../nbs/08_train.ipynb
 def find_max_lr(module: YoloModule, loader, run_dir: str | Path | None = None, num_steps: int = 60,
-                min_lr: float = 1e-6, max_lr: float = 1.0, rule: str = "min/10", device: str | torch.device | None = None) -> LRFinderResult:
+                min_lr: float = 1e-6, max_lr: float = 1.0, rule: str = "valley", device: str | torch.device | None = None) -> LRFinderResult:
     "Run the LR range test for `module` on `loader`; save its JSON and plot to `run_dir`; return the result."
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = module.model.to(device)
