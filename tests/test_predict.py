@@ -114,6 +114,24 @@ def test_real_lightning_checkpoint(tmp_path):
     assert det2.image_size == 64 and det2.class_names == NAMES
 
 
+def test_yolo_module_checkpoint(tmp_path):
+    "A checkpoint of the project's own training module (yolo_voc.train.YoloModule) loads without its code's state."
+    train = pytest.importorskip("yolo_voc.train")
+    pl = pytest.importorskip("pytorch_lightning")
+    torch.manual_seed(0)
+    module = train.YoloModule(num_classes=3, class_names=NAMES, width_mult=0.25, depth_mult=0.33, image_size=64)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "module.ckpt")
+    det = load_detector(tmp_path / "module.ckpt")
+    assert det.class_names == NAMES and det.image_size == 64
+    x = torch.rand(1, 3, 64, 64)
+    for a, b in zip(det.forward(x), module.model.eval()(x)):
+        torch.testing.assert_close(a, b)
+    assert load_detector(save_weights(module, tmp_path / "w.pt")).class_names == NAMES
+
+
 def test_load_errors(ckpts, tmp_path):
     good = ckpts["weights"]
     (tmp_path / "text.ckpt").write_text("not a checkpoint")

@@ -155,7 +155,7 @@ def read_checkpoint(path, weights_only: bool = True) -> dict:
                               f"found keys {sorted(map(str, ckpt))[:10]}")
     names = hp.get("class_names")
     num_classes = int(hp.get("num_classes") or len(names or VOC_CLASSES))
-    if names is None: names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class{i}" for i in range(num_classes)]
+    if names is None: names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for num_classes={num_classes}")
     size = hp.get("image_size") or 416
@@ -271,7 +271,7 @@ def save_weights(obj, path, class_names=None, image_size: int | None = None, anc
     missing = [k for k in ("num_classes", "width_mult", "depth_mult") if k not in cfg]
     if missing: raise ValueError(f"save_weights: pass the model settings {missing} (they can't be read from {type(obj).__name__})")
     cfg.setdefault("backbone", "darknet53")
-    class_names = list(class_names or (VOC_CLASSES if cfg["num_classes"] == 20 else [f"class{i}" for i in range(cfg["num_classes"])]))
+    class_names = list(class_names or (VOC_CLASSES if cfg["num_classes"] == 20 else [str(i) for i in range(cfg["num_classes"])]))
     if isinstance(image_size, (list, tuple)): image_size = max(image_size)
     anchors = torch.as_tensor(ANCHORS if anchors is None else anchors, dtype=torch.float32)
     payload = {"format": WEIGHTS_FORMAT, "model": cfg, "class_names": class_names, "image_size": int(image_size or 416),
@@ -298,14 +298,14 @@ def draw_detections(image, detections, class_names=None, line_width: int | None 
     img = Image.fromarray(load_image(image))
     get = (lambda k: getattr(detections, k)) if isinstance(detections, Detections) else detections.__getitem__
     boxes, scores, labels = _as_numpy(get("boxes")).reshape(-1, 4), _as_numpy(get("scores")), _as_numpy(get("labels"))
-    if class_names is None: class_names = detections.names if isinstance(detections, Detections) else None
+    own = detections.names if class_names is None and isinstance(detections, Detections) else None
     side = max(img.size)
     lw = line_width or max(2, round(side / 250))
     font = _font(max(10, round(side / 40)))
     draw = ImageDraw.Draw(img)
     for i, (b, s, l) in enumerate(zip(boxes, scores, labels)):
-        color, name = class_color(int(l)), (class_names[i] if isinstance(detections, Detections) and class_names is detections.names
-                                            else class_names[int(l)] if class_names is not None else str(int(l)))
+        color = class_color(int(l))
+        name = own[i] if own is not None else class_names[int(l)] if class_names is not None else str(int(l))
         x1, y1, x2, y2 = (float(v) for v in b)
         draw.rectangle([x1, y1, x2, y2], outline=color, width=lw * (2 if i == highlight else 1))
         text = f"{name} {float(s):.2f}"
