@@ -214,9 +214,9 @@ class EpochSampler(Sampler):
         return iter([(i, epoch) for i in order])
 
 def worker_init(worker_id: int) -> None:
-    "DataLoader worker setup: one OpenCV and torch thread, global numpy/random seeded from the worker's torch seed."
+    "DataLoader worker setup: one torch thread, global numpy/random seeded from the worker's torch seed."
     import random
-    cv2.setNumThreads(1)
+    # not cv2.setNumThreads here: in a forked worker whose parent already ran OpenCV's thread pool it can deadlock
     torch.set_num_threads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed); random.seed(seed)
