@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .boxes import Letterbox, letterbox_params
+from .boxes import letterbox_params
 from .voc import DatasetError
 
 # %% auto 0
-__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'read_image', 'decode_factor', 'Letterbox', 'HSVJitter', 'FastAffine', 'LumaCLAHE',
-           'bbox_params', 'eval_transforms', 'ScaleCrop', 'TrainAugment', 'train_transforms', 'seed_transforms',
-           'filter_boxes', 'read_checked', 'mosaic', 'multiscale_size', 'resize_batch']
+__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'read_image', 'decode_factor', 'LetterboxResize', 'HSVJitter', 'FastAffine',
+           'LumaCLAHE', 'bbox_params', 'eval_transforms', 'ScaleCrop', 'TrainAugment', 'train_transforms',
+           'seed_transforms', 'filter_boxes', 'read_checked', 'mosaic', 'multiscale_size', 'resize_batch']
 
 # %% ../nbs/02_transforms.ipynb
 PAD_VALUE: int = 114  # grey used for every padding (letterbox, crop, affine border, mosaic canvas)
@@ -44,7 +44,7 @@ def decode_factor(scale: float, tolerance: float = 1.1) -> int:
     return 1
 
 # %% ../nbs/02_transforms.ipynb
-class Letterbox(A.DualTransform):
+class LetterboxResize(A.DualTransform):
     "Resize the longest side to `size` and pad to a centred `size` x `size` square, as `letterbox_params` says."
     def __init__(self, size: int = 416, fill: int = PAD_VALUE, interpolation: int = cv2.INTER_LINEAR, p: float = 1.0):
         super().__init__(p=p)
@@ -124,7 +124,7 @@ def bbox_params(min_visibility: float = 0.0, min_size: float = 0.0) -> A.BboxPar
 
 def eval_transforms(size: int = 416, pad_value: int = PAD_VALUE) -> A.Compose:
     "Evaluation pipeline: the letterbox of `letterbox_params` into a `size` square; keeps every box."
-    return A.Compose([Letterbox(size, fill=pad_value)], bbox_params=bbox_params(), strict=True)
+    return A.Compose([LetterboxResize(size, fill=pad_value)], bbox_params=bbox_params(), strict=True)
 
 # %% ../nbs/02_transforms.ipynb
 class ScaleCrop(A.DualTransform):
