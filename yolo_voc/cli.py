@@ -39,8 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"yolo-voc: unknown command {name!r}\n\n{_usage()}", file=sys.stderr); return 2
     try: return int(COMMANDS[name](rest) or 0)
-    except ValueError as e:  # voc.DatasetError is a ValueError; its message names the file
-        if type(e).__name__ != "DatasetError": raise
+    except Exception as e:
+        # the project's own errors (DatasetError, CheckpointError, TrainingError, ...) carry a message that names the
+        # file and the problem: print it, not a traceback
+        if not type(e).__module__.startswith("yolo_voc"): raise
         print(f"yolo-voc {name}: {e}", file=sys.stderr); return 1
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -124,16 +126,19 @@ def _run_dir(trainer_cfg) -> Path:
     return Path(trainer_cfg.get("default_root_dir") or "runs/yolo_voc")
 
 def cpu_defaults() -> dict:
-    "The embedded default run on a CPU: a narrow YOLOv3 on the synthetic dataset, minutes not hours."
+    "The embedded default run on a CPU: a narrow YOLOv3 on the synthetic dataset (10 classes), minutes not hours."
+    from yolo_voc.boxes import VOC_CLASSES
     return {"model.width_mult": 0.25, "model.depth_mult": 0.33, "data.image_size": 192, "data.batch_size": 16,
-            "data.synthetic_images": 600, "data.num_workers": 1, "trainer.max_epochs": 12,
-            "model.map_every_n_epochs": 4, "trainer.precision": "32-true"}
+            "data.synthetic_images": 800, "data.class_names": list(VOC_CLASSES[:10]), "data.num_workers": 1,
+            "trainer.max_epochs": 12,
+            "model.map_every_n_epochs": 4, "trainer.precision": "32-true", "trainer.log_every_n_steps": 1}
 
 def cuda_defaults() -> dict:
     "The full YOLOv3-416 in bf16 on a GPU."
     return {"model.width_mult": 1.0, "model.depth_mult": 1.0, "data.image_size": 416, "data.batch_size": 64,
             "data.synthetic_images": 2000, "data.num_workers": min(8, os.cpu_count() or 1), "trainer.max_epochs": 40,
-            "model.map_every_n_epochs": 5, "trainer.precision": "bf16-mixed", "model.channels_last": True}
+            "model.map_every_n_epochs": 5, "trainer.precision": "bf16-mixed", "model.channels_last": True,
+            "trainer.log_every_n_steps": 25}  # each logged step is one host sync
 
 def _yolo_cli_class():
     "Build `YoloCLI` (imports Lightning, so only when a training command runs)."
@@ -161,6 +166,14 @@ def _yolo_cli_class():
             defaults["trainer.default_root_dir"] = "runs/yolo_voc"
             parser.set_defaults(defaults)
 
+        def _parse_ckpt_path(self):
+            # LightningCLI reads the checkpoint's hyperparameters into the config here; check the file first so that a
+            # missing or corrupt checkpoint is a clear error naming it, not a zip-reader traceback
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path and path not in ("last", "best", "hpc", "registry"): load_checkpoint_file(path)
+            super()._parse_ckpt_path()
+
         def _cfg(self):
             return self.config[self.subcommand] if self.subcommand else self.config
 
@@ -183,8 +196,9 @@ def _yolo_cli_class():
                 path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
                 if ckpt_path == "last" and not path.exists():
                     print(f"yolo-voc fit: no {path} yet: starting a new run", file=sys.stderr)
-                    self.config[self.subcommand]["ckpt_path"] = None
+                    self._set_ckpt_path(None)
                 else:
+                    self._set_ckpt_path(str(path))
                     ckpt = load_checkpoint_file(path)  # a clear error for a missing or corrupt file
                     check_checkpoint_fits(ckpt, self.model, path)
                     saved = ckpt.get("yolo_voc", {}).get("max_lr")
@@ -196,6 +210,11 @@ def _yolo_cli_class():
                                   num_steps=self._cfg().get("lr_find_steps", 60))
                 self.model.hparams.max_lr = res.suggestion
                 print(f"LR finder: max_lr = {res.suggestion:.3g} ({res.rule} rule; {run_dir / 'lr_find.png'})")
+
+        def _set_ckpt_path(self, value):
+            "The checkpoint `fit` resumes from: an explicit path (or None), never Lightning's own search for 'last'."
+            for cfg in (self.config, self.config_init):
+                (cfg[self.subcommand] if self.subcommand else cfg)["ckpt_path"] = value
 
         def _check_data(self, run_dir: Path):
             "Check the dataset before training; refuse bad data unless `skip_bad`, listing what is skipped."
@@ -244,12 +263,12 @@ def write_summary(run_dir: Path, trainer, seconds: float) -> dict:
     from yolo_voc.plots import plot_run
     metrics = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     plots = plot_run(run_dir)
-    ckpts = {cb.__class__.__name__ + ("_best" if cb.monitor else "_last"): (cb.best_model_path if cb.monitor else cb.last_model_path)
-             for cb in trainer.checkpoint_callbacks}
+    ckpt_dir = run_dir / "checkpoints"
+    ckpts = {name: str(ckpt_dir / f"{name}.ckpt") if (ckpt_dir / f"{name}.ckpt").exists() else None for name in ("last", "best")}
     summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
     summary.update(epochs=trainer.current_epoch, seconds=round(seconds, 1),
                    plots=[str(p) for p in plots] + sorted(str(p) for p in (run_dir / "plots").glob("predictions_*.png")),
-                   checkpoints=dict(last=ckpts.get("ModelCheckpoint_last"), best=ckpts.get("ModelCheckpoint_best")),
+                   checkpoints=ckpts,
                    run_dir=str(run_dir))
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
@@ -262,7 +281,9 @@ def write_summary(run_dir: Path, trainer, seconds: float) -> dict:
 def train_main(subcommand: str):
     "A `COMMANDS` entry running `LightningCLI` for `subcommand`."
     def run(argv: list[str]) -> int:
-        _yolo_cli_class()(args=[subcommand] + list(argv))
+        args = [subcommand] + list(argv)
+        # from the console script LightningCLI reads sys.argv itself (and warns when given both)
+        _yolo_cli_class()(args=None if sys.argv[1:] == args else args)
         return 0
     return run
 

@@ -26,9 +26,9 @@ from .transforms import (MULTISCALE_SIZES, decode_factor, eval_transforms, mosai
 from .voc import DatasetError, load_annotations, make_synthetic_voc
 
 # %% auto 0
-__all__ = ['image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset', 'mosaic_fraction', 'collate', 'encode_targets',
-           'EpochSampler', 'worker_init', 'show_batch', 'multiscale_batch', 'cache_dir', 'synthetic_dataset',
-           'VOCDataModule']
+__all__ = ['SYNTHETIC_AUGMENT', 'image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset', 'mosaic_fraction',
+           'collate', 'encode_targets', 'EpochSampler', 'worker_init', 'show_batch', 'multiscale_batch', 'cache_dir',
+           'synthetic_dataset', 'VOCDataModule']
 
 # %% ../nbs/03_data.ipynb
 def image_to_tensor(img: np.ndarray, uint8: bool = False) -> torch.Tensor:
@@ -277,6 +277,9 @@ def synthetic_dataset(n_images: int = 64, image_size: tuple[int, int] = (320, 24
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return final
 
+#: Augmentation overrides for the synthetic dataset, whose classes differ by colour: no colour changes.
+SYNTHETIC_AUGMENT: dict[str, Any] = dict(hue=0.0, saturation=0.3, gray_p=0.0, channel_shuffle_p=0.0)
+
 class VOCDataModule(pl.LightningDataModule):
     "Pascal VOC (or any VOC / YOLO-text layout, or the synthetic set when `root` is None) for Lightning."
     def __init__(self, root: str | None = None, image_size: int = 416, batch_size: int = 16,
@@ -309,6 +312,11 @@ class VOCDataModule(pl.LightningDataModule):
         hp = self.hparams
         return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, self._class_names)
 
+    def augment_params(self) -> dict[str, Any]:
+        "The `TrainAugment` overrides in use: `augment`, else `SYNTHETIC_AUGMENT` for the synthetic dataset."
+        if self.hparams.augment is not None: return dict(self.hparams.augment)
+        return dict(SYNTHETIC_AUGMENT) if self.root is None else {}
+
     def prepare_data(self) -> None:
         if self.root is None: self.dataset_root()  # generated once, on one process
 
@@ -323,7 +331,7 @@ class VOCDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = VOCDataset(self._annotations(hp.train_split), self.image_size, train=True,
                                             mosaic_prob=hp.mosaic_prob, seed=self.seed, keep_difficult=hp.keep_difficult,
-                                            transforms=train_transforms(self.image_size, **(hp.augment or {})),
+                                            transforms=train_transforms(self.image_size, **self.augment_params()),
                                             uint8=hp.uint8_images)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._eval_dataset(hp.val_split)

@@ -25,18 +25,16 @@ from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, lr_range_test, make_scheduler
 from .metrics import MeanAveragePrecision, YoloAccuracy
 from .model import YOLOv3
+from .predict import CheckpointError, _torch_load
 
 # %% auto 0
-__all__ = ['TrainingError', 'CheckpointError', 'param_groups', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file',
-           'check_checkpoint_fits', 'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint',
-           'run_callbacks', 'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
+__all__ = ['TrainingError', 'param_groups', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file', 'check_checkpoint_fits',
+           'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint', 'run_callbacks',
+           'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
     "A run that cannot go on: a non-finite loss, or a checkpoint that does not fit."
-
-class CheckpointError(TrainingError):
-    "A checkpoint that is missing, corrupt, or from another configuration; the message names the file."
 
 # %% ../nbs/08_train.ipynb
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -58,7 +56,7 @@ class YoloModule(pl.LightningModule):
                  momentum: float = 0.9, cycle_epochs: int | None = None, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float = 1e4, tail_lr_factor: float | None = None,
                  lambda_box: float = 10.0, lambda_noobj: float = 10.0, lambda_obj: float = 1.0, lambda_class: float = 1.0,
-                 obj_target: str = "iou", class_loss: str = "ce", ignore_threshold: float = 0.5,
+                 obj_target: str = "iou", obj_loss: str = "bce", class_loss: str = "ce", ignore_threshold: float = 0.5,
                  accuracy_threshold: float = 0.05, conf_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100, map_every_n_epochs: int = 1,
                  channels_last: bool = False, compile: bool = False, grad_clip_norm: float | None = None,
@@ -73,7 +71,7 @@ class YoloModule(pl.LightningModule):
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
         self.register_buffer("anchors", ANCHORS.clone(), persistent=False)
         self.loss_fn = YoloLoss(ANCHORS, lambda_box=lambda_box, lambda_noobj=lambda_noobj, lambda_obj=lambda_obj,
-                                lambda_class=lambda_class, obj_target=obj_target, class_loss=class_loss)
+                                lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss)
         self.val_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.test_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.val_map = MeanAveragePrecision(num_classes)
@@ -199,7 +197,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # the temporary name must not contain "last": Lightning's `ckpt_path="last"` takes any file named so
+        tmp = path.with_name(f".tmp-ckpt-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -221,10 +220,7 @@ def load_checkpoint_file(path, map_location="cpu") -> dict[str, Any]:
     "Load a Lightning checkpoint, raising `CheckpointError` that names the file when it is missing or corrupt."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated file?): {type(e).__name__}: {e}") from None
+    ckpt = _torch_load(path, weights_only=False)  # Lightning checkpoints hold hyperparameters and loop state too
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a yolo_voc/Lightning checkpoint (no 'state_dict')")
     return ckpt
@@ -344,7 +340,9 @@ class BestCheckpoint(ModelCheckpoint):
 def run_callbacks(run_dir: str | Path) -> list[Callback]:
     "The callbacks every run has: last and best checkpoints, the LR file."
     ckpt_dir = Path(run_dir) / "checkpoints"
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False)
+    # `last.ckpt` as the one "top-k" file of a checkpoint without a metric: written every epoch (Lightning's own
+    # `save_last` only writes when a top-k checkpoint was written in the same step)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     best = BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/map50", mode="max", save_top_k=1,
                           enable_version_counter=False, auto_insert_metric_name=False)
     return [last, best, RunFiles(run_dir)]
