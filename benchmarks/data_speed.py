@@ -45,6 +45,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16, help="batch size (samples per interleaved chunk)")
     ap.add_argument("--data", type=str, default=None, help="use this dataset folder instead of a synthetic one")
     ap.add_argument("--split", type=str, default="trainval")
+    ap.add_argument("--float", action="store_true",
+                    help="float32 images from the workers (VOCDataModule's default is uint8, converted on the device)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
@@ -56,7 +58,7 @@ def main(argv=None):
     else:
         root = Path(args.data)
     anns = load_annotations(root, split=args.split)
-    ds = VOCDataset(anns, size=args.size, train=True, mosaic_prob=args.mosaic, seed=0)
+    ds = VOCDataset(anns, size=args.size, train=True, mosaic_prob=args.mosaic, seed=0, uint8=not args.float)
     paths = [a.image_path for a in anns]
 
     sampler = EpochSampler(len(ds), shuffle=True, seed=0)
@@ -81,7 +83,7 @@ def main(argv=None):
                ratio=round(samples / decode, 3), mosaic_fraction=round(mosaics / n, 3),
                samples_per_s_single=round(single, 1), ratio_single=round(single / decode, 3), batch=args.batch,
                size=args.size, images=len(paths), image_size=[args.width, args.height] if args.data is None else None,
-               threads=1)
+               threads=1, uint8=not args.float)
     if args.json:
         print(json.dumps(out))
     else:

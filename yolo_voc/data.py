@@ -288,7 +288,7 @@ class VOCDataModule(pl.LightningDataModule):
                  class_names: Sequence[str] | None = None, seed: int = 0, multiscale: bool = False,
                  multiscale_sizes: Sequence[int] = MULTISCALE_SIZES, multiscale_every: int = 1,
                  skip_bad: bool = False, keep_difficult: bool = True, augment: dict[str, Any] | None = None,
-                 uint8_images: bool = False, eval_batch_size: int | None = None, prefetch_factor: int = 2,
+                 uint8_images: bool = True, eval_batch_size: int | None = None, prefetch_factor: int = 2,
                  pin_memory: bool | None = None, synthetic_images: int = 64,
                  synthetic_image_size: tuple[int, int] = (320, 240)):
         super().__init__()

@@ -137,10 +137,11 @@ class PredictionImages(Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every: return
         ds = trainer.datamodule.val_dataset if trainer.datamodule is not None else None
         if ds is None or len(ds) == 0: return
-        from yolo_voc.data import collate
+        from yolo_voc.data import collate, images_to_float
         images, _, infos = collate([ds[i] for i in range(min(self.n, len(ds)))])
+        images = images_to_float(images.to(pl_module.device))
         with torch.no_grad():
-            outputs = pl_module(images.to(pl_module.device))
+            outputs = pl_module(images)
         dets = postprocess(outputs, pl_module.anchors, STRIDES, self.conf, pl_module.hparams.nms_iou)
         self.out.mkdir(parents=True, exist_ok=True)
         fig, axs = plt.subplots(1, len(dets), figsize=(3 * len(dets), 3), squeeze=False)

@@ -20,7 +20,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
-from .data import encode_targets
+from .data import encode_targets, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, lr_range_test, make_scheduler
 from .metrics import MeanAveragePrecision, YoloAccuracy
@@ -249,7 +249,7 @@ class RunLogger(Logger):
     @property
     def name(self): return "yolo_voc"
     @property
-    def version(self): return 0
+    def version(self): return None  # one run per directory: nothing to number (and no `v_num` in the progress bar)
     @property
     def log_dir(self): return str(self.run_dir)
     @property
@@ -363,7 +363,7 @@ def find_max_lr(module: YoloModule, loader, run_dir: str | Path | None = None, n
     anchors = module.anchors.to(device)
     def loss_fn(m, batch):
         images, targets, _ = batch
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = images_to_float(images.to(device, non_blocking=True)), targets.to(device, non_blocking=True)
         outputs = m(images)
         enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES, module.hparams.ignore_threshold)
         return module.loss_fn(outputs, enc)["loss"]
@@ -392,7 +392,7 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
         model.train()
         total = torch.zeros((), device=device)
         for images, targets, _ in train_loader:
-            images, targets = images.to(device), targets.to(device)
+            images, targets = images_to_float(images.to(device)), targets.to(device)
             enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES)
             loss = loss_fn(model(images), enc)["loss"]
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
@@ -409,7 +409,7 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: str | tor
     model.eval()
     acc, mean_ap, anchors = YoloAccuracy().to(device), MeanAveragePrecision(num_classes).to(device), ANCHORS.to(device)
     for images, targets, infos in loader:
-        images, targets = images.to(device), targets.to(device)
+        images, targets = images_to_float(images.to(device)), targets.to(device)
         outputs = model(images)
         acc.update(outputs, encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES))
         dets = postprocess(outputs, anchors, STRIDES, conf_threshold, nms_iou)
