@@ -218,7 +218,7 @@ def _yolo_cli_class():
 
         def _check_data(self, run_dir: Path):
             "Check the dataset before training; refuse bad data unless `skip_bad`, listing what is skipped."
-            from yolo_voc.voc import check_dataset
+            from yolo_voc.voc import DatasetError, check_dataset
             dm = self.datamodule
             root = dm.dataset_root()
             problems = []
@@ -227,8 +227,8 @@ def _yolo_cli_class():
             if not problems: return
             listing = "\n".join(f"  {p.file}: {p.problem}" for p in problems)
             if not dm.hparams.skip_bad:
-                raise SystemExit(f"yolo-voc fit: the dataset at {root} has {len(problems)} problem(s); fix them or pass "
-                                 f"--data.skip_bad true to train on the rest:\n{listing}")
+                raise DatasetError(f"{root}: {len(problems)} problem(s); fix them, or pass --data.skip_bad true to "
+                                   f"train on the rest (they are then listed in skipped.json):\n{listing}", problems)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "skipped.json").write_text(json.dumps([dict(file=p.file, problem=p.problem) for p in problems], indent=1))
             print(f"yolo-voc fit: skipping {len(problems)} problem(s), listed in {run_dir / 'skipped.json'}:\n{listing}", file=sys.stderr)
