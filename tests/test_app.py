@@ -19,28 +19,13 @@ pytest.importorskip("gradio", reason="the app needs the optional extra: pip inst
 pytest.importorskip("gradio_client", reason="the app tests need gradio_client: pip install 'yolo_voc[app]'")
 
 from yolo_voc.app import app_main, build_app, detect_view  # noqa: E402
-from yolo_voc.model import YOLOv3  # noqa: E402
 from yolo_voc.predict import load_detector, save_weights  # noqa: E402
 
-NAMES = ["circle", "square", "triangle"]
-CFG = dict(num_classes=3, width_mult=0.25, depth_mult=0.33)
+from tiny_models import CFG, NAMES, tiny_model  # noqa: E402
+
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium")
 ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
        "HF_HUB_OFFLINE": "1"}
-
-
-def tiny_model(seed: int = 0) -> YOLOv3:
-    "A tiny YOLOv3 whose prediction heads give a handful of distinct detections on noise images."
-    torch.manual_seed(seed)
-    model = YOLOv3(**CFG)
-    with torch.no_grad():
-        for m in model.modules():
-            if type(m).__name__ == "PredictionConv":
-                m.conv.weight.normal_(0, 0.3)
-                m.scale.view(3, -1)[:, [0, 5, 6, 7]] = 3e4  # the features are ~1e-5 at init: make scores vary
-                m.conv.bias.zero_()
-                m.shift.view(3, -1)[:, 0] = -6.5
-    return model.eval()
 
 
 def free_port() -> int:
