@@ -155,6 +155,9 @@ def test_fit_finds_lr_when_not_given(tmp_path):
     found = json.loads((tmp_path / "lr_find.json").read_text())
     assert len(found["lrs"]) == 12 and (tmp_path / "lr_find.png").exists()
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["yolo_voc"]["max_lr"] == found["suggestion"]
+    # the range test alone
+    r = cli("lr-find", *args, "--lr_find_steps", "8", "--trainer.default_root_dir", tmp_path / "lr")
+    assert "suggested max_lr" in r.stdout and len(json.loads((tmp_path / "lr/lr_find.json").read_text())["lrs"]) == 8
 
 
 KILL_DURING_SAVE = r'''

@@ -146,7 +146,7 @@ def _yolo_cli_class():
     import torch
     from pytorch_lightning.cli import LightningCLI
     from yolo_voc.data import VOCDataModule
-    from yolo_voc.plots import PredictionImages, plot_run
+    from yolo_voc.plots import PredictionImages
     from yolo_voc.train import (AtomicCheckpointIO, RunLogger, YoloModule, check_checkpoint_fits, find_max_lr,
                                 load_checkpoint_file, run_callbacks)
 

@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
-from .boxes import STRIDES, postprocess, unletterbox_boxes
+from .boxes import STRIDES, postprocess
 
 # %% auto 0
 __all__ = ['read_metrics', 'read_lrs', 'plot_losses', 'plot_accuracies', 'plot_lr', 'plot_run', 'draw_detections_mpl',

@@ -12,7 +12,7 @@ import os
 import pathlib
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2

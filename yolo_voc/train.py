@@ -5,10 +5,7 @@
 # %% ../nbs/08_train.ipynb 3
 from __future__ import annotations
 
-import math
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

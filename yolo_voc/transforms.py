@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import albumentations as A
 import cv2
