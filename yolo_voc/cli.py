@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 import yolo_voc
 
 # %% auto 0
-__all__ = ['COMMANDS', 'SUMMARY_KEYS', 'main', 'synth', 'check', 'cpu_defaults', 'cuda_defaults', 'format_table', 'write_summary',
-           'train_main', 'fit', 'validate', 'test', 'lr_find']
+__all__ = ['COMMANDS', 'SUMMARY_KEYS', 'main', 'synth', 'check', 'cpu_defaults', 'cuda_defaults', 'stage_metrics', 'format_table',
+           'write_summary', 'train_main', 'fit', 'validate', 'test', 'lr_find']
 
 # %% ../nbs/11_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -243,13 +243,17 @@ def _yolo_cli_class():
 
         def _table(self, prefix):
             if self.trainer.is_global_zero:
-                m = {k.split("/", 1)[1]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix + "/")}
+                m = stage_metrics(self.trainer, prefix)
                 print(format_table({k: m[k] for k in SUMMARY_KEYS if k in m}))
 
     return YoloCLI
 
 #: The metrics `summary.json` and the terminal table report, from the last validation.
 SUMMARY_KEYS = ("map50", "map", "class_accuracy", "noobj_accuracy", "obj_accuracy")
+
+def stage_metrics(trainer, prefix: str) -> dict[str, float]:
+    "The trainer's last `prefix/...` metrics (`val`, `test`) as floats, without the prefix."
+    return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix + "/")}
 
 def format_table(values: dict) -> str:
     "A two-column text table of `values`."
@@ -261,7 +265,7 @@ def format_table(values: dict) -> str:
 def write_summary(run_dir: Path, trainer, seconds: float) -> dict:
     "Plots, `summary.json` and the terminal table at the end of `fit`."
     from yolo_voc.plots import plot_run
-    metrics = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = stage_metrics(trainer, "val")
     plots = plot_run(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpts = {name: str(ckpt_dir / f"{name}.ckpt") if (ckpt_dir / f"{name}.ckpt").exists() else None for name in ("last", "best")}

@@ -160,34 +160,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cycle_steps: int, **kwargs)
 
 # %% ../nbs/07_lr_find.ipynb
 class LRFile:
-    "Append-only text file of `step lr` lines, cut back to a step on resume."
+    "Append-only text file of `step lr` lines (the learning rates of every parameter group, comma-separated)."
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = None
-
-    def truncate_after(self, last_step: int) -> None:
-        "Keep only the lines with `step <= last_step` (and drop a half-written last line)."
-        self.close()
-        if not self.path.exists(): return
-        keep = []
-        for line in self.path.read_text().splitlines(keepends=True):
-            parts = line.split()
-            if not line.endswith("\n") or len(parts) != 2: break
-            if int(parts[0]) > last_step: break
-            keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, self.path)
 
     def reset(self) -> None:
         "Start an empty file (a new run)."
         self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("")
 
     def append(self, step: int, lrs: list[float] | float) -> None:
         "Write one line: the step and its learning rate(s)."
-        if self._f is None: self._f = open(self.path, "a")
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a")
         lrs = [lrs] if isinstance(lrs, float) else lrs
         self._f.write(f"{step} {','.join(f'{lr:.9e}' for lr in lrs)}\n")
         self._f.flush()
@@ -197,8 +185,9 @@ class LRFile:
         steps, lrs = [], []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
-                s, v = line.split()
-                steps.append(int(s)); lrs.append(float(v.split(",")[0]))
+                try: s, v = line.split(); step, lr = int(s), float(v.split(",")[0])
+                except ValueError: continue  # a line cut short by a crash
+                steps.append(step); lrs.append(lr)
         return steps, lrs
 
     def close(self) -> None:

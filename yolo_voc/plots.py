@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
 from .boxes import STRIDES, postprocess
+from .lr_find import LRFile
 
 # %% auto 0
 __all__ = ['read_metrics', 'read_lrs', 'plot_losses', 'plot_accuracies', 'plot_lr', 'plot_run', 'draw_detections_mpl',
@@ -35,13 +36,8 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, np
     return {k: tuple(np.array(c) for c in zip(*v)) for k, v in rows.items()}
 
 def read_lrs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    "Steps and learning rates from an `lrs.txt`."
-    steps, lrs = [], []
-    path = Path(path)
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2: steps.append(int(parts[0])); lrs.append(float(parts[1].split(",")[0]))
+    "Steps and learning rates from an `lrs.txt` (see `yolo_voc.lr_find.LRFile`)."
+    steps, lrs = LRFile(path).read()
     return np.array(steps), np.array(lrs)
 
 # %% ../nbs/09_plots.ipynb

@@ -25,9 +25,9 @@ from .model import YOLOv3
 from .predict import CheckpointError, _torch_load
 
 # %% auto 0
-__all__ = ['TrainingError', 'param_groups', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file', 'check_checkpoint_fits',
-           'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint', 'run_callbacks',
-           'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
+__all__ = ['TrainingError', 'param_groups', 'update_mean_ap', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file',
+           'check_checkpoint_fits', 'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint',
+           'run_callbacks', 'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
@@ -41,6 +41,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad: continue
         (no_decay if p.ndim <= 1 else decay).append(p)  # biases and norm weights/offsets are 1-d
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+# %% ../nbs/08_train.ipynb
+def update_mean_ap(mean_ap: MeanAveragePrecision, outputs: list[torch.Tensor], infos: list[dict], anchors: torch.Tensor,
+                   conf_threshold: float = 0.01, nms_iou: float = 0.45, max_detections: int = 100) -> None:
+    "Add a batch's detections (in original image pixels) and original annotations to `mean_ap`."
+    dets = postprocess(outputs, anchors, STRIDES, conf_threshold, nms_iou, max_detections)
+    for d, info in zip(dets, infos):  # a loop over images, not boxes: undo each letterbox
+        d["boxes"] = unletterbox_boxes(d["boxes"], info["letterbox"])
+    gts = [dict(boxes=i["boxes"], labels=i["labels"], difficult=i["difficult"]) for i in infos]
+    mean_ap.update(dets, gts, torch.tensor([i["index"] for i in infos]))
 
 # %% ../nbs/08_train.ipynb
 class YoloModule(pl.LightningModule):
@@ -147,12 +157,8 @@ class YoloModule(pl.LightningModule):
                       batch_size=images.shape[0], sync_dist=True)
         accuracy.update(outputs, encoded)
         if self._map_this_epoch():
-            dets = postprocess(outputs, self.anchors, STRIDES, self.hparams.conf_threshold, self.hparams.nms_iou,
-                               self.hparams.max_detections)
-            for d, info in zip(dets, infos):  # a loop over images, not boxes: undo each letterbox
-                d["boxes"] = unletterbox_boxes(d["boxes"], info["letterbox"])
-            gts = [dict(boxes=i["boxes"], labels=i["labels"], difficult=i["difficult"]) for i in infos]
-            mean_ap.update(dets, gts, torch.tensor([i["index"] for i in infos]))
+            update_mean_ap(mean_ap, outputs, infos, self.anchors, self.hparams.conf_threshold, self.hparams.nms_iou,
+                           self.hparams.max_detections)
 
     def _eval_epoch_end(self, accuracy, mean_ap, prefix):
         self.log_dict({f"{prefix}/{k}": v for k, v in accuracy.compute().items()})
@@ -320,7 +326,7 @@ class RunFiles(Callback):
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # the rate this step used; param groups carry host floats, so this costs no device sync
-        self.lr_file.append(trainer.global_step - 1, [g["lr"] for g in trainer.optimizers[0].param_groups][0])
+        self.lr_file.append(trainer.global_step - 1, trainer.optimizers[0].param_groups[0]["lr"])
 
     def teardown(self, trainer, pl_module, stage): self.lr_file.close()
 
@@ -409,10 +415,7 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: str | tor
         images, targets = images_to_float(images.to(device)), targets.to(device)
         outputs = model(images)
         acc.update(outputs, encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES))
-        dets = postprocess(outputs, anchors, STRIDES, conf_threshold, nms_iou)
-        for d, info in zip(dets, infos): d["boxes"] = unletterbox_boxes(d["boxes"], info["letterbox"])
-        mean_ap.update(dets, [dict(boxes=i["boxes"], labels=i["labels"], difficult=i["difficult"]) for i in infos],
-                       torch.tensor([i["index"] for i in infos]))
+        update_mean_ap(mean_ap, outputs, infos, anchors, conf_threshold, nms_iou)
     out = {k: float(v) for k, v in acc.compute().items()}
     out.update({k: float(v) for k, v in mean_ap.compute().items() if k in ("map50", "map")})
     return out
