@@ -373,3 +373,48 @@ def test_metric_under_two_processes():
     # two object cells in all (one per process), only rank 0's found; 22 background cells, one fired (rank 1's
     # anchor 0 cell): sums over processes, not a mean of per-process fractions
     assert a == pytest.approx(dict(class_accuracy=1.0, obj_accuracy=0.5, noobj_accuracy=21 / 22))
+
+
+# ------------------------------------------------------------------------------- edge cases (issue 16)
+def _no_gt_case():
+    "Two images with detections of classes 0 and 2 and no ground truth at all."
+    preds = [dict(boxes=torch.tensor([[10., 10., 50., 60.], [0., 0., 5., 5.]]), scores=torch.tensor([0.9, 0.3]),
+                  labels=torch.tensor([0, 2])),
+             dict(boxes=torch.tensor([[1., 2., 30., 40.]]), scores=torch.tensor([0.5]), labels=torch.tensor([0]))]
+    targets = [dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long)) for _ in preds]
+    return preds, targets
+
+
+@pytest.mark.parametrize("method", MAP_METHODS)
+def test_no_ground_truth_gives_nan_per_class(method):
+    preds, targets = _no_gt_case()
+    for num_classes in (3, None):  # None: the classes the labels reach (0..2)
+        r = mean_average_precision(preds, targets, method=method, num_classes=num_classes)
+        assert r["ap_per_class"].shape == (3,) and r["ap_per_class"].isnan().all()
+        assert np.isnan(r["map"])
+        assert r["num_gt"].tolist() == [0, 0, 0]
+    metric = MeanAveragePrecision(num_classes=3, methods=[method])
+    metric.update(preds, targets, [0, 1])
+    assert all(v.isnan() for v in metric.compute().values())
+
+
+def test_no_ground_truth_as_pycocotools():
+    "pycocotools gives -1 (no ground truth) for every class: NaN here."
+    preds, targets = _no_gt_case()
+    for key in ("difficult",):
+        for t in targets: t[key] = torch.zeros(0, dtype=torch.bool)
+    ref = coco_summary(pycocotools_precision(preds, targets, 3))
+    assert np.isnan(ref["ap"]).all() and np.isnan(ref["map"])
+
+
+def test_voc07_never_exceeds_one():
+    "Eleven precisions of 1 summed as 1/11 + 1/11 + ... give 1.0000000000000002; the AP must be exactly 1."
+    box = torch.tensor([[10., 10., 50., 60.]])
+    preds = [dict(boxes=box, scores=torch.tensor([0.9]), labels=torch.tensor([0]))]
+    targets = [dict(boxes=box, labels=torch.tensor([0]))]
+    r = mean_average_precision(preds, targets, method="voc07")
+    assert r["map"] == 1.0 and r["ap_per_class"][0].item() == 1.0
+    for seed, n_images, num_classes, kw in CASES:
+        preds, targets = random_case(seed, n_images, num_classes, **kw)
+        ap = mean_average_precision(preds, targets, method="voc07", num_classes=num_classes)["ap_per_class"].numpy()
+        assert (ap[~np.isnan(ap)] <= 1.0).all()

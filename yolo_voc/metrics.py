@@ -5,6 +5,7 @@
 # %% ../nbs/06_metrics.ipynb 3
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -134,10 +135,9 @@ def _voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
     "The devkit's AP of one class from its recall and precision curves."
     if use_07_metric:  # max precision at recall >= t, for the devkit's 11 values of t
         env = np.maximum.accumulate(prec[::-1])[::-1] if len(prec) else prec
-        ap = 0.
-        for i in np.searchsorted(rec, _VOC07_RECALLS, "left"):  # rec is non-decreasing: rec >= t from i on
-            ap = ap + (env[i] if i < len(rec) else 0.) / 11.
-        return float(ap)
+        i = np.searchsorted(rec, _VOC07_RECALLS, "left")  # rec is non-decreasing: rec >= t from i on
+        p = env[np.minimum(i, len(rec) - 1)] * (i < len(rec)) if len(rec) else np.zeros(len(i))
+        return math.fsum(p) / len(i)  # sum, then divide: never above 1 (adding 1/11 eleven times gives 1 + 2e-16)
     mrec = np.concatenate(([0.], rec, [1.]))
     mpre = np.maximum.accumulate(np.concatenate(([0.], prec, [0.]))[::-1])[::-1]
     i = np.where(mrec[1:] != mrec[:-1])[0]
@@ -160,21 +160,22 @@ def _voc_eval(det: dict, gt: dict, num_classes: int, iou_threshold: float, use_0
         ovmax[d[starts]], jmax[d[starts]] = best, g[np.minimum.reduceat(pos, starts)]
     order = np.lexsort((np.arange(n), -det["scores"], det["labels"]))  # per class, by score, stable
     hit, j = ovmax[order] > iou_threshold, jmax[order]
-    counted = hit & ~gdiff[j]
+    counted = hit.copy()
+    counted[hit] = ~gdiff[j[hit]]  # a hit on a difficult box is neither a true nor a false positive
     tp = np.zeros(n)
     first = np.unique(j[counted], return_index=True)[1]  # the first detection to take each box
     tp[np.flatnonzero(counted)[first]] = 1.
     fp = (~hit | counted) - tp
     npos = np.bincount(gt["labels"][~gt["difficult"]], minlength=C)[:C]
     bounds = np.searchsorted(det["labels"][order], np.arange(C + 1))
-    ap = np.full(C, np.nan)
+    ap, curves = np.full(C, np.nan), [None] * C
     for c in np.flatnonzero(npos):
         a, b = bounds[c], bounds[c + 1]
         ctp, cfp = np.cumsum(tp[a:b]), np.cumsum(fp[a:b])
         rec = ctp / float(npos[c])
         prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-        ap[c] = _voc_ap(rec, prec, use_07_metric)
-    return dict(ap=ap, num_gt=npos)
+        ap[c], curves[c] = _voc_ap(rec, prec, use_07_metric), (rec, prec)
+    return dict(ap=ap, num_gt=npos, curves=curves)
 
 # %% ../nbs/06_metrics.ipynb
 def _coco_eval(det: dict, gt: dict, num_classes: int, max_dets: int = 100) -> np.ndarray:
@@ -218,7 +219,8 @@ def _coco_eval(det: dict, gt: dict, num_classes: int, max_dets: int = 100) -> np
             tt, jj = np.nonzero((last >= 0) & ~crowd[chosen])
             used[tt, chosen[tt, jj]] = True
     matched = match >= 0
-    ignored = matched & crowd[np.maximum(match, 0)]
+    ignored = np.zeros_like(matched)
+    ignored[matched] = crowd[match[matched]]  # (no ground truth at all: nothing matched, nothing to index)
     tps, fps = matched & ~ignored, ~matched & ~ignored
     # accumulate per class: detections by score, ties in input order (pycocotools' concatenation order)
     labels = det["labels"][keep]
@@ -279,7 +281,7 @@ def _evaluate(det: dict, gt: dict, method: str, num_classes: int | None = None, 
     r = _voc_eval(det, gt, C, iou_threshold, use_07_metric=method == "voc07")
     valid = ~np.isnan(r["ap"])
     return dict(map=float(r["ap"][valid].mean()) if valid.any() else float("nan"),
-                ap_per_class=torch.from_numpy(r["ap"]), num_gt=torch.from_numpy(r["num_gt"]))
+                ap_per_class=torch.from_numpy(r["ap"]), num_gt=torch.from_numpy(r["num_gt"]), pr_curves=r["curves"])
 
 def mean_average_precision(preds: Sequence[dict], targets: Sequence[dict], iou_threshold: float = 0.5,
                            method: str = "voc07", num_classes: int | None = None, inclusive: bool = False) -> dict:
