@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from yolo_voc.model import YOLOv3
-from yolo_voc.predict import Detector, export_onnx
+from yolo_voc.export import export_onnx
+from yolo_voc.predict import Detector
 
 
 def timeit(fn, warmup: int, repeats: int, max_seconds: float, sync=lambda: None) -> list[float]:

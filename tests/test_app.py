@@ -19,7 +19,8 @@ pytest.importorskip("gradio", reason="the app needs the optional extra: pip inst
 pytest.importorskip("gradio_client", reason="the app tests need gradio_client: pip install 'yolo_voc[app]'")
 
 from yolo_voc.app import app_main, build_app, detect_view  # noqa: E402
-from yolo_voc.predict import load_detector, save_weights  # noqa: E402
+from yolo_voc.checkpoint import save_weights  # noqa: E402
+from yolo_voc.predict import load_detector  # noqa: E402
 
 from tiny_models import CFG, NAMES, tiny_model  # noqa: E402
 

@@ -15,9 +15,10 @@ from PIL import Image
 
 from yolo_voc.boxes import STRIDES, postprocess, unletterbox_boxes
 from yolo_voc.model import YOLOv3
-from yolo_voc.predict import (CheckpointError, Detector, ImageReadError, draw_detections, export_main, export_onnx,
-                              export_torchscript, gradcam, load_detector, overlay_heatmap, predict_main,
-                              read_checkpoint, render_view, save_weights)
+from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
+from yolo_voc.export import export_main, export_onnx, export_torchscript
+from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
+from yolo_voc.predict import Detector, ImageReadError, draw_detections, load_detector, predict_main
 
 from tiny_models import CFG, NAMES, tiny_model
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .predict import (CheckpointError, Detections, Detector, _add_model_args, _parse, detections_table, draw_detections,
-                              gradcam, list_images, load_detector, load_image, overlay_heatmap)
+from .checkpoint import CheckpointError
+from .gradcam import detections_table, gradcam, overlay_heatmap
+from .predict import (Detections, Detector, add_model_args, draw_detections, list_images, load_detector, load_image,
+                              parse_or_status)
 
 # %% auto 0
 __all__ = ['detect_view', 'import_gradio', 'build_app', 'app_parser', 'launch', 'app_main']
@@ -78,7 +80,7 @@ def app_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc app`."
     p = argparse.ArgumentParser(prog="yolo-voc app", description="Serve a local Gradio demo of a checkpoint: upload "
                                 "images, tune confidence and IoU, see the detections and their Grad-CAM.")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--examples", nargs="*", default=[], metavar="DIR_OR_IMAGE", help="example images or folders of them")
@@ -95,7 +97,7 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
 
 def app_main(argv: list[str] | None = None) -> int:
     "`yolo-voc app`: serve the demo app for a checkpoint; see `app_parser`."
-    args = _parse(app_parser(), argv)
+    args = parse_or_status(app_parser(), argv)
     if isinstance(args, int): return args
     try:
         import_gradio()

@@ -325,5 +325,5 @@ def _lazy(module: str, name: str, doc: str):
     return run
 
 COMMANDS["predict"] = _lazy("yolo_voc.predict", "predict_main", "Detect objects in images or folders; writes drawn images and predictions.json.")
-COMMANDS["export"] = _lazy("yolo_voc.predict", "export_main", "Export a checkpoint to ONNX or TorchScript.")
+COMMANDS["export"] = _lazy("yolo_voc.export", "export_main", "Export a checkpoint to ONNX or TorchScript.")
 COMMANDS["app"] = _lazy("yolo_voc.app", "app_main", "Start the Gradio demo app on localhost (needs the [app] extra).")

@@ -22,12 +22,12 @@ from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, lr_range_test, make_scheduler
 from .metrics import MeanAveragePrecision, YoloAccuracy
 from .model import YOLOv3
-from .predict import CheckpointError, _torch_load
+from .checkpoint import CheckpointError, atomic_write, check_checkpoint_fits, load_checkpoint_file
 
 # %% auto 0
-__all__ = ['TrainingError', 'param_groups', 'update_mean_ap', 'YoloModule', 'AtomicCheckpointIO', 'load_checkpoint_file',
-           'check_checkpoint_fits', 'RunLogger', 'truncate_file', 'RunFiles', 'default_precision', 'BestCheckpoint',
-           'run_callbacks', 'make_trainer', 'find_max_lr', 'fit_plain', 'evaluate']
+__all__ = ['TrainingError', 'param_groups', 'update_mean_ap', 'YoloModule', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file',
+           'RunFiles', 'default_precision', 'BestCheckpoint', 'run_callbacks', 'make_trainer', 'find_max_lr',
+           'fit_plain', 'evaluate']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
@@ -198,47 +198,12 @@ class YoloModule(pl.LightningModule):
 class AtomicCheckpointIO(TorchCheckpointIO):
     "Checkpoint IO that writes to a temporary file, fsyncs it and renames it into place."
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the temporary name must not contain "last": Lightning's `ckpt_path="last"` takes any file named so
-        tmp = path.with_name(f".tmp-ckpt-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists(): tmp.unlink()
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-            fd = os.open(path.parent, os.O_DIRECTORY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))  # fsynced, then renamed into place
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         ckpt = load_checkpoint_file(path, map_location)
         ckpt["_path"] = str(path)
         return ckpt
-
-def load_checkpoint_file(path, map_location="cpu") -> dict[str, Any]:
-    "Load a Lightning checkpoint, raising `CheckpointError` that names the file when it is missing or corrupt."
-    path = Path(path)
-    if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
-    ckpt = _torch_load(path, weights_only=False)  # Lightning checkpoints hold hyperparameters and loop state too
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a yolo_voc/Lightning checkpoint (no 'state_dict')")
-    return ckpt
-
-def check_checkpoint_fits(ckpt: dict, module: YoloModule, path="checkpoint") -> None:
-    "Raise `CheckpointError` when `ckpt` was made for another class count, width, depth or backbone than `module`."
-    saved = ckpt.get("yolo_voc") or ckpt.get("hyper_parameters") or {}
-    for key in ("num_classes", "width_mult", "depth_mult", "backbone"):
-        if key in saved and saved[key] != module.hparams[key]:
-            raise CheckpointError(f"{path}: made for {key}={saved[key]!r}, but this model has {key}={module.hparams[key]!r}; "
-                                  f"pass the same --model.{key} (and data) as the run that wrote it")
-    own = module.state_dict()
-    for k, v in ckpt["state_dict"].items():
-        if k in own and own[k].shape != v.shape:
-            raise CheckpointError(f"{path}: weight {k} has shape {tuple(v.shape)}, this model expects {tuple(own[k].shape)}")
 
 # %% ../nbs/08_train.ipynb
 class RunLogger(Logger):
