@@ -418,3 +418,95 @@ def test_voc07_never_exceeds_one():
         preds, targets = random_case(seed, n_images, num_classes, **kw)
         ap = mean_average_precision(preds, targets, method="voc07", num_classes=num_classes)["ap_per_class"].numpy()
         assert (ap[~np.isnan(ap)] <= 1.0).all()
+
+
+# ------------------------------------------------------------------------------- per-class results (issue 16)
+def test_per_class_matches_the_functions_and_the_means():
+    from yolo_voc.metrics import class_mean
+    preds, targets = random_case(40, 25, 4, p_difficult=0.3)
+    metric = MeanAveragePrecision(num_classes=4, methods=("voc07", "coco"))
+    metric.update(preds, targets, list(range(len(preds))))
+    r = metric.compute()
+    rows = metric.per_class(["a", "b", "c", "d"])
+    voc = mean_average_precision(preds, targets, method="voc07", num_classes=4)
+    coco = mean_average_precision(preds, targets, method="coco", num_classes=4)
+    np.testing.assert_array_equal([x.ap50 for x in rows], voc["ap_per_class"].numpy())
+    np.testing.assert_array_equal([x.ap50_coco for x in rows], coco["ap50_per_class"].numpy())
+    np.testing.assert_array_equal([x.ap for x in rows], coco["ap_per_class"].numpy())
+    assert [x.num_gt for x in rows] == [int(sum(((t["labels"] == c) & ~t["difficult"]).sum() for t in targets)) for c in range(4)]
+    assert [x.num_det for x in rows] == [int(sum((p["labels"] == c).sum() for p in preds)) for c in range(4)]
+    m = class_mean(rows)
+    assert m["ap50"] == pytest.approx(r["map50"].item(), abs=1e-6)
+    assert m["ap50_coco"] == pytest.approx(r["map50_coco"].item(), abs=1e-6)
+    assert m["ap"] == pytest.approx(r["map"].item(), abs=1e-6)
+    # a method not computed is evaluated on demand, from the rows kept after reset
+    only12 = MeanAveragePrecision(num_classes=4, methods=("voc12",))
+    only12.update(preds, targets, list(range(len(preds))))
+    only12.compute()
+    only12.reset()
+    assert [x.to_dict() for x in only12.per_class(["a", "b", "c", "d"])] == [x.to_dict() for x in rows]
+    curves = only12.pr_curves()
+    assert [c.label for c in curves] == [c for c in range(4) if rows[c].num_gt]
+    for c in curves:  # the devkit's curve: its 11-point AP is the row's AP50
+        ref = devkit_voc_ap(c.recall, c.precision, True)
+        assert c.ap == pytest.approx(ref, abs=1e-12) and c.ap == rows[c.label].ap50
+
+
+def test_per_class_table_and_csv(tmp_path):
+    import csv
+    from yolo_voc.metrics import format_per_class_table, write_per_class_csv
+    box = lambda x: [x, 10., x + 40., 60.]
+    # class 0: one object, found; class 1: two objects, one found (6/11 by VOC07); class 2: no ground truth
+    preds = [dict(boxes=torch.tensor([box(0.), box(100.), box(300.)]), scores=torch.tensor([0.9, 0.8, 0.7]), labels=torch.tensor([0, 1, 2]))]
+    targets = [dict(boxes=torch.tensor([box(0.), box(100.), box(200.)]), labels=torch.tensor([0, 1, 1]))]
+    metric = MeanAveragePrecision(num_classes=3)
+    metric.update(preds, targets, [7])
+    metric.compute()
+    rows = metric.per_class(["cat", "dog", "bird"])
+    lines = format_per_class_table(rows).splitlines()
+    assert lines[2].split()[:4] == ["cat", "1", "1", "1.000"] and "<- low" not in lines[2]
+    assert lines[3].split()[:4] == ["dog", "2", "1", "0.545"] and lines[3].endswith("<- low")
+    assert "no ground truth" in lines[4]
+    assert lines[-1].split()[:6] == ["mean", "(2", "classes)", "3", "3", f"{(1 + 6 / 11) / 2:.3f}"]
+    back = list(csv.DictReader(open(write_per_class_csv(rows, tmp_path / "sub" / "per_class.csv"))))
+    assert [(b["name"], b["num_gt"], b["ap50"]) for b in back] == [("cat", "1", "1.000000"), ("dog", "2", "0.545455"), ("bird", "0", "nan")]
+
+
+# ------------------------------------------------------------------------------------------- confusion matrix
+def loop_confusion(preds, targets, num_classes, conf=0.25, iou_thr=0.5):
+    "Reference: per image, every pair by IoU (torchvision) from the highest, each box used once."
+    from torchvision.ops import box_iou
+    C = num_classes
+    m = np.zeros((C + 1, C + 1), np.int64)
+    for p, t in zip(preds, targets):
+        keep = p["scores"] >= conf
+        order = torch.argsort(-p["scores"][keep], stable=True)
+        db, dl = p["boxes"][keep][order].double(), p["labels"][keep][order]
+        gb, gl, gd = t["boxes"].double(), t["labels"], t["difficult"]
+        iou = box_iou(db, gb) if len(db) and len(gb) else torch.zeros(len(db), len(gb))
+        pairs = sorted(((-iou[i, j].item(), i, j) for i in range(len(db)) for j in range(len(gb)) if iou[i, j] >= iou_thr))
+        dm, gm = {}, {}
+        for _, i, j in pairs:
+            if i not in dm and j not in gm: dm[i], gm[j] = j, i
+        for i in range(len(db)):
+            if i not in dm: m[dl[i], C] += 1
+            elif not gd[dm[i]]: m[dl[i], gl[dm[i]]] += 1
+        for j in range(len(gb)):
+            if j not in gm and not gd[j]: m[C, gl[j]] += 1
+    return m
+
+
+@pytest.mark.parametrize("seed,n_images,num_classes,kw", CASES[:8] + CASES[11:12])
+def test_confusion_matrix_matches_loop(seed, n_images, num_classes, kw):
+    from yolo_voc.metrics import confusion_matrix
+    preds, targets = random_case(seed, n_images, num_classes, **kw)
+    for conf, thr in ((0.25, 0.5), (0.0, 0.3)):
+        m = confusion_matrix(preds, targets, num_classes, conf_threshold=conf, iou_threshold=thr)
+        np.testing.assert_array_equal(m, loop_confusion(preds, targets, num_classes, conf, thr))
+        # columns: every non-difficult object once, found as some class or missed
+        gt = np.bincount(np.concatenate([t["labels"][~t["difficult"]].numpy() for t in targets]), minlength=num_classes)
+        np.testing.assert_array_equal(m[:, :num_classes].sum(0), gt)
+    metric = MeanAveragePrecision(num_classes=num_classes)
+    metric.update(preds, targets, list(range(len(preds))))
+    metric.compute()
+    np.testing.assert_array_equal(metric.confusion_matrix(), confusion_matrix(preds, targets, num_classes))

@@ -5,7 +5,10 @@
 # %% ../nbs/06_metrics.ipynb 3
 from __future__ import annotations
 
+import csv
 import math
+from dataclasses import asdict, astuple, dataclass, fields
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +17,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 # %% auto 0
-__all__ = ['MAP_METHODS', 'YoloAccuracy', 'mean_average_precision', 'MeanAveragePrecision']
+__all__ = ['MAP_METHODS', 'YoloAccuracy', 'mean_average_precision', 'confusion_matrix', 'ClassAP', 'PRCurve',
+           'MeanAveragePrecision', 'class_mean', 'format_per_class_table', 'write_per_class_csv']
 
 # %% ../nbs/06_metrics.ipynb
 class YoloAccuracy(Metric):
@@ -131,6 +135,12 @@ def _coco_iou(db: np.ndarray, gb: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return iou
 
 # %% ../nbs/06_metrics.ipynb
+def _envelope(rec: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The devkit's precision envelope: recall with 0 and 1 added, precision made non-increasing (running max from the right)."
+    mrec = np.concatenate(([0.], rec, [1.]))
+    mpre = np.maximum.accumulate(np.concatenate(([0.], prec, [0.]))[::-1])[::-1]
+    return mrec, mpre
+
 def _voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
     "The devkit's AP of one class from its recall and precision curves."
     if use_07_metric:  # max precision at recall >= t, for the devkit's 11 values of t
@@ -138,8 +148,7 @@ def _voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
         i = np.searchsorted(rec, _VOC07_RECALLS, "left")  # rec is non-decreasing: rec >= t from i on
         p = env[np.minimum(i, len(rec) - 1)] * (i < len(rec)) if len(rec) else np.zeros(len(i))
         return math.fsum(p) / len(i)  # sum, then divide: never above 1 (adding 1/11 eleven times gives 1 + 2e-16)
-    mrec = np.concatenate(([0.], rec, [1.]))
-    mpre = np.maximum.accumulate(np.concatenate(([0.], prec, [0.]))[::-1])[::-1]
+    mrec, mpre = _envelope(rec, prec)
     i = np.where(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
@@ -292,6 +301,80 @@ def mean_average_precision(preds: Sequence[dict], targets: Sequence[dict], iou_t
                      method, num_classes, iou_threshold, inclusive)
 
 # %% ../nbs/06_metrics.ipynb
+def _confusion(det: dict, gt: dict, num_classes: int, conf_threshold: float = 0.25, iou_threshold: float = 0.5) -> np.ndarray:
+    "Counts `[C+1, C+1]` (rows predicted, columns true, index `C` background) of flattened continuous boxes."
+    C = num_classes
+    keep = np.flatnonzero(det["scores"] >= conf_threshold)
+    keep = keep[np.argsort(-det["scores"][keep], kind="stable")]  # by score, ties in input order
+    dimg, dbox, dlab = det["image"][keep], det["boxes"][keep], det["labels"][keep]
+    go = np.argsort(gt["image"], kind="stable")
+    gimg, gbox, glab, gdiff = gt["image"][go], gt["boxes"][go], gt["labels"][go], gt["difficult"][go]
+    d, g = _pairs(dimg, gimg)  # every detection with every ground truth of its image, any class
+    iou = _coco_iou(dbox[d], gbox[g], np.zeros(len(d), bool))
+    near = iou >= iou_threshold
+    d, g, iou = d[near], g[near], iou[near]
+    order = np.lexsort((g, d, -iou))  # highest IoU first; ties: higher score, then earlier ground truth
+    dm, gm = np.full(len(dimg), -1), np.full(len(gimg), -1)  # the partner of each detection / ground truth
+    for a, b in zip(d[order].tolist(), g[order].tolist()):
+        if dm[a] < 0 and gm[b] < 0: dm[a], gm[b] = b, a
+    m = np.zeros((C + 1, C + 1), np.int64)  # [C+1, C+1]: rows predicted, columns true
+    paired = dm >= 0
+    counted = paired.copy()
+    counted[paired] = ~gdiff[dm[paired]]  # paired with a difficult box: counted nowhere
+    np.add.at(m, (dlab[counted], glab[dm[counted]]), 1)
+    np.add.at(m, (dlab[~paired], C), 1)  # false alarms and duplicates: background column
+    np.add.at(m, (C, glab[(gm < 0) & ~gdiff]), 1)  # misses: background row
+    return m
+
+def confusion_matrix(preds: Sequence[dict], targets: Sequence[dict], num_classes: int,
+                     conf_threshold: float = 0.25, # detections scoring below are left out
+                     iou_threshold: float = 0.5, # a detection and a ground truth pair up at this IoU or more
+                     inclusive: bool = False, # boxes are 1-based inclusive corners (as in `mean_average_precision`)
+                    ) -> np.ndarray:
+    "Counts `[C+1, C+1]` of per-image detections against ground truths: rows predicted class, columns true class, `C` background."
+    if len(preds) != len(targets):
+        raise ValueError(f"metrics: {len(preds)} images of predictions but {len(targets)} of targets")
+    det, gt = _flatten(preds, _PRED_KEYS, "preds"), _flatten(targets, _TARGET_KEYS, "targets")
+    C = _check(det, gt, num_classes)
+    if inclusive: det, gt = ({**r, "boxes": r["boxes"] - np.array([1., 1., 0., 0.])} for r in (det, gt))
+    return _confusion(det, gt, C, conf_threshold, iou_threshold)
+
+# %% ../nbs/06_metrics.ipynb
+@dataclass
+class ClassAP:
+    "One class of an evaluation: its ground truths, its detections and its AP by three definitions (NaN without ground truth)."
+    label: int  # class index
+    name: str  # class name
+    num_gt: int  # non-difficult ground-truth boxes
+    num_det: int  # detections the metric was given (every score)
+    ap50: float  # VOC2007 11-point AP at the metric's IoU threshold (0.5): what `map50` averages
+    ap50_coco: float  # COCO AP at IoU 0.5 (101 recall points)
+    ap: float  # COCO AP over IoU 0.5:0.95: what `map` averages
+
+    def to_dict(self) -> dict:
+        "JSON-ready dict (NaN as None)."
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+@dataclass
+class PRCurve:
+    "Precision against recall of one class (the devkit's, detections in score order) and its VOC2007 AP."
+    label: int  # class index
+    name: str  # class name
+    recall: np.ndarray  # [n] true positives so far / ground truths
+    precision: np.ndarray  # [n] true positives so far / detections so far
+    ap: float  # VOC2007 11-point AP of this curve
+
+    def envelope(self) -> tuple[np.ndarray, np.ndarray]:
+        "Recall from 0 to 1 and the precision envelope the AP reads (precision at `recall[i]` holds on `(recall[i-1], recall[i]]`)."
+        return _envelope(self.recall, self.precision)
+
+def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    "`class_names` checked against `num_classes` (the indices as names when None)."
+    if class_names is None: return [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"metrics: {len(class_names)} class names for {num_classes} classes")
+    return [str(n) for n in class_names]
+
 _METRIC_KEYS = dict(voc07=dict(map50="map"), voc12=dict(map50_voc12="map"), coco=dict(map="map", map50_coco="map50", map75="map75"))
 
 class MeanAveragePrecision(Metric):
@@ -307,6 +390,7 @@ class MeanAveragePrecision(Metric):
         if bad: raise ValueError(f"metrics: unknown mAP method {bad[0]!r}, use some of {MAP_METHODS}")
         self.num_classes, self.methods, self.iou_threshold, self.inclusive = num_classes, tuple(methods), iou_threshold, inclusive
         self.results: dict[str, dict] = {}
+        self.rows: tuple[dict, dict] | None = None  # flattened detections and ground truths of the last compute
         for name in ("images", "det_boxes", "det_scores", "det_labels", "gt_boxes", "gt_labels", "gt_difficult"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -353,10 +437,79 @@ class MeanAveragePrecision(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         "Flat dict of scalar mAPs (keys in the table above); the full results are kept in `.results`."
-        det, gt = self._rows()
+        det, gt = self.rows = self._rows()
         self.results, out = {}, {}
         for m in self.methods:
             r = self.results[m] = _evaluate(det, gt, m, self.num_classes, self.iou_threshold, self.inclusive)
             for key, src in _METRIC_KEYS[m].items():
                 out[key] = torch.tensor(r[src], dtype=torch.float32, device=self.device)
         return out
+
+    def _result(self, method: str) -> dict:
+        "The last `compute`'s result by `method`, evaluated now from `.rows` if `method` was not among `methods`."
+        if self.rows is None: raise RuntimeError("metrics.MeanAveragePrecision: no results yet, call compute() first")
+        if method not in self.results:
+            self.results[method] = _evaluate(*self.rows, method, self.num_classes, self.iou_threshold, self.inclusive)
+        return self.results[method]
+
+    def per_class(self, class_names: Sequence[str] | None = None) -> list[ClassAP]:
+        "One `ClassAP` per class from the last `compute`: ground truths, detections, VOC2007 AP50, COCO AP50 and AP."
+        names = _class_names(class_names, self.num_classes)
+        voc, coco = self._result("voc07"), self._result("coco")
+        num_det = np.bincount(self.rows[0]["labels"], minlength=self.num_classes)
+        return [ClassAP(c, names[c], int(voc["num_gt"][c]), int(num_det[c]), float(voc["ap_per_class"][c]),
+                        float(coco["ap50_per_class"][c]), float(coco["ap_per_class"][c])) for c in range(self.num_classes)]
+
+    def pr_curves(self, class_names: Sequence[str] | None = None) -> list[PRCurve]:
+        "The devkit's precision-recall curve at `iou_threshold` of every class with ground truth, from the last `compute`."
+        names = _class_names(class_names, self.num_classes)
+        voc = self._result("voc07")
+        return [PRCurve(c, names[c], rec, prec, float(voc["ap_per_class"][c]))
+                for c, curve in enumerate(voc["pr_curves"]) if curve is not None for rec, prec in [curve]]
+
+    def confusion_matrix(self, conf_threshold: float = 0.25, iou_threshold: float = 0.5) -> np.ndarray:
+        "Counts `[C+1, C+1]` (rows predicted, columns true, `C` background) of the last `compute`'s detections."
+        if self.rows is None: raise RuntimeError("metrics.MeanAveragePrecision: no results yet, call compute() first")
+        det, gt = self.rows
+        if self.inclusive: det, gt = ({**r, "boxes": r["boxes"] - np.array([1., 1., 0., 0.])} for r in (det, gt))
+        return _confusion(det, gt, self.num_classes, conf_threshold, iou_threshold)
+
+# %% ../nbs/06_metrics.ipynb
+def class_mean(rows: Sequence[ClassAP]) -> dict:
+    "The mean row: ground truths and detections summed, each AP averaged over the classes with ground truth."
+    valid = [r for r in rows if r.num_gt > 0]
+    mean = lambda k: float(np.mean([getattr(r, k) for r in valid])) if valid else float("nan")
+    return dict(classes=len(valid), num_gt=sum(r.num_gt for r in rows), num_det=sum(r.num_det for r in rows),
+                ap50=mean("ap50"), ap50_coco=mean("ap50_coco"), ap=mean("ap"))
+
+def format_per_class_table(rows: Sequence[ClassAP],
+                           worst: int = 3, # mark this many lowest-AP50 classes (never all of them)
+                           bar_width: int = 10, # characters of the AP50 bar
+                          ) -> str:
+    "A terminal table of `rows`: counts, the three APs and an AP50 bar per class, the `worst` classes marked, the mean last."
+    f = lambda v: "    -" if math.isnan(v) else f"{v:5.3f}"
+    valid = [r for r in rows if r.num_gt > 0]
+    low = {r.label for r in sorted(valid, key=lambda r: r.ap50)[:max(0, min(worst, len(valid) - 1))]}
+    m = class_mean(rows)
+    mean_name = f"mean ({m['classes']} classes)"
+    w = max([len(r.name) for r in rows] + [len(mean_name), 5])
+    head = f"{'class':<{w}}  {'gt':>6}  {'det':>7}   AP50  AP50 COCO  AP COCO  AP50"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        n = 0 if math.isnan(r.ap50) else round(r.ap50 * bar_width)
+        bar = "#" * n + "." * (bar_width - n) if r.num_gt else "no ground truth"
+        mark = "  <- low" if r.label in low else ""
+        lines.append(f"{r.name:<{w}}  {r.num_gt:>6}  {r.num_det:>7}  {f(r.ap50)}      {f(r.ap50_coco)}    {f(r.ap)}  {bar}{mark}")
+    lines += ["-" * len(head),
+              f"{mean_name:<{w}}  {m['num_gt']:>6}  {m['num_det']:>7}  {f(m['ap50'])}      {f(m['ap50_coco'])}    {f(m['ap'])}"]
+    return "\n".join(lines)
+
+def write_per_class_csv(rows: Sequence[ClassAP], path: str | Path) -> Path:
+    "Write `rows` as CSV: a header of `ClassAP`'s fields, one line per class, `nan` where a class has no ground truth."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow([fl.name for fl in fields(ClassAP)])
+        for r in rows: out.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in astuple(r)])
+    return path
