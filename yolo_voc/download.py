@@ -241,6 +241,7 @@ def extract_tar(tar_path: str | Path, # the tar file
                 tar.extractall(tmp, members, **kw)
         except (tarfile.TarError, EOFError) as e:
             raise DownloadError(f"{tar_path}: not a complete tar file ({e}); delete it to download it again") from None
+        except OSError as e: raise DownloadError(f"{tar_path}: extraction failed ({e})") from None
         if not (tmp / top).is_dir(): raise DownloadError(f"{tar_path}: holds no {top}/ folder")
         _merge(tmp / top, root / top)
     finally: shutil.rmtree(tmp, ignore_errors=True)
