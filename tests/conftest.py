@@ -1,7 +1,7 @@
 "Shared pytest fixtures."
 import pytest
 
-from yolo_voc.voc import make_synthetic_voc
+from yolo_voc.synthetic import make_synthetic_voc
 
 
 @pytest.fixture(scope="session")

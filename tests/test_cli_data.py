@@ -11,7 +11,8 @@ import contextlib
 import io
 
 from yolo_voc.cli import main
-from yolo_voc.voc import load_annotations, make_synthetic_voc, voc_to_yolo_text
+from yolo_voc.synthetic import make_synthetic_voc
+from yolo_voc.voc import load_annotations, voc_to_yolo_text
 
 EXE = shutil.which("yolo-voc") or str(Path(sys.executable).parent / "yolo-voc")
 
@@ -38,7 +39,7 @@ def test_synth_then_check_clean(tmp_path, monkeypatch):
     r = run("check", tmp_path / "out", "--json", tmp=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     d = json.loads(r.stdout)  # exactly one JSON object
-    assert sorted(d) == ["difficult", "images", "objects", "per_class", "problems"]
+    assert sorted(d) == ["difficult", "images", "objects", "per_class", "problems", "warnings"]
     assert d["images"] == 15 and d["problems"] == [] and d["objects"] == sum(d["per_class"].values())
     assert set(k for k, v in d["per_class"].items() if v) <= {"aeroplane", "bicycle", "bird", "boat", "bottle"}
     r = run_here("check", voc, tmp=tmp_path, monkeypatch=monkeypatch)  # text, a second time: from the cache
@@ -69,7 +70,7 @@ def test_broken_voc(tmp_path, monkeypatch):
     x = (A / "000005.xml").read_text()
     (A / "000005.xml").write_text(re.sub(r"<object>.*</object>\s*", "", x, flags=re.S))  # no objects
     (A / "000006.xml").write_text(_set_first((A / "000006.xml").read_text(), xmin=100, xmax=50))  # xmax < xmin
-    (A / "000007.xml").write_text(_set_first((A / "000007.xml").read_text(), xmin=60, xmax=60))   # zero area
+    (A / "000007.xml").write_text(_set_first((A / "000007.xml").read_text(), xmin=60, xmax=60))   # 1 px wide: valid
     (A / "000008.xml").write_text(_set_first((A / "000008.xml").read_text(), xmin=10, xmax=400))  # outside the image
     (A / "000009.xml").write_text(_set_first((A / "000009.xml").read_text(), name="unicorn"))     # unknown class
     r = run("check", tmp_path / "d", "--split", "2007-train+2007-val+2007-trainval+2007-test", "--json", tmp=tmp_path)
@@ -85,12 +86,11 @@ def test_broken_voc(tmp_path, monkeypatch):
         ("VOC2007/Annotations/000004.xml", "malformed XML"),
         ("VOC2007/Annotations/000005.xml", "no objects"),
         ("VOC2007/Annotations/000006.xml", "box 1 (.*) has xmax < xmin"),
-        ("VOC2007/Annotations/000007.xml", "box 1 (.*) has zero area"),
         ("VOC2007/Annotations/000008.xml", "box 1 (.*) is outside the 160x120 image"),
         ("VOC2007/Annotations/000009.xml", "box 1: unknown class 'unicorn'"),
         ("VOC2007/ImageSets/Main/trainval.txt", "names '999999' but VOC2007/Annotations/999999.xml does not exist"),
     ]
-    assert len(got) == len(expected), got  # each problem once, the good files not flagged
+    assert len(got) == len(expected), got  # each problem once, the good files (000007 included) not flagged
     for f, pat in expected:
         assert any(gf == f and re.search(pat, gp) for gf, gp in got), (f, pat, got)
     # the text report lists the same problems, one per line, each starting with its file

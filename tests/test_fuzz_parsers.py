@@ -114,3 +114,18 @@ def test_kaggle_folder_never_crashes(tmp_path, csv_data, label):
     (tmp_path / "images" / "a.jpg").write_bytes(b"\xff\xd8\xff" + label)
     rep = check_dataset(tmp_path, "train")
     assert all(isinstance(p.file, str) and p.file for p in rep.problems)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(split=st.one_of(st.binary(max_size=60), st.lists(st.sampled_from(["a", "b", "\ufeffa", "a\r", "", "  b  ", "c d"]),
+                                                        max_size=6).map(lambda l: "\n".join(l).encode())))
+def test_voc_split_file_never_crashes(tmp_path, split):
+    "A VOCdevkit with a random split file: check_dataset reports problems and warnings, each naming a file, never raises."
+    y = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"): (y / sub).mkdir(parents=True, exist_ok=True)
+    (y / "Annotations" / "a.xml").write_text("<annotation><object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                                             "<xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>")
+    (y / "ImageSets" / "Main" / "train.txt").write_bytes(split)
+    rep = check_dataset(tmp_path, "train")
+    assert all(isinstance(p.file, str) and p.file for p in rep.problems + rep.warnings)
+    assert len(set(rep.problems)) == len(rep.problems)  # each problem once

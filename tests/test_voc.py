@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from yolo_voc.boxes import VOC_CLASSES
-from yolo_voc.voc import (Annotation, DatasetError, NORM_TOL, Problem, SPLIT_NAMES, check_dataset, find_dataset,
-                          load_annotations, make_synthetic_voc, parse_voc_xml, synthetic_style, voc_to_yolo_text)
+from yolo_voc.synthetic import make_synthetic_voc, synthetic_style
+from yolo_voc.voc import (Annotation, DatasetError, NORM_TOL, Problem, SPLIT_NAMES, check_dataset, dataset_class_names,
+                          find_dataset, load_annotations, parse_voc_xml, voc_to_yolo_text)
 
 
 def _ids(voc: Path, split: str) -> list[str]:
@@ -262,3 +263,186 @@ def test_synthetic_scales(tmp_path):
     side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / 96
     small, medium, large = np.histogram(side, [0, 0.12, 0.35, 2])[0]
     assert small > 0 and medium > 0 and large > 0
+
+
+# --- issue 16: a box with xmax == xmin is one pixel wide in the devkit's 1-based inclusive corners ---
+
+def test_one_pixel_box(tmp_path):
+    xml = b"""<annotation><size><width>100</width><height>80</height></size>
+      <object><name>dog</name><bndbox><xmin>60</xmin><ymin>10</ymin><xmax>60</xmax><ymax>20</ymax></bndbox></object>
+      <object><name>cat</name><bndbox><xmin>5</xmin><ymin>7</ymin><xmax>9</xmax><ymax>7</ymax></bndbox></object>
+    </annotation>"""
+    a = parse_voc_xml(xml, "Annotations/000001.xml")
+    np.testing.assert_array_equal(a.boxes, [[59, 9, 60, 20], [4, 6, 9, 7]])
+    assert a.labels.tolist() == [11, 7]
+    with pytest.raises(DatasetError, match=r"000001.xml: box 1 \(dog\) has xmax < xmin"):
+        parse_voc_xml(xml.replace(b"<xmax>60</xmax>", b"<xmax>59</xmax>"), "Annotations/000001.xml")
+    voc = make_synthetic_voc(tmp_path, n_images=3, image_size=(96, 64))
+    x = voc / "Annotations" / "000001.xml"
+    t = x.read_text()
+    x.write_text(re.sub(r"<xmax>\d+</xmax>", re.search(r"<xmin>\d+</xmin>", t).group().replace("xmin", "xmax"), t, count=1))
+    rep = check_dataset(voc)
+    assert rep.ok, rep.problems
+    r1 = [r for r in load_annotations(voc, None) if r.image_id == "000001"][0]
+    assert r1.boxes[0, 2] - r1.boxes[0, 0] == 1
+
+
+# --- issue 13: class names come from the data ---
+
+def test_class_names_rules(tmp_path, synth_voc):
+    # a synthetic set names its own classes, from any of the folders a user may point at
+    five = make_synthetic_voc(tmp_path / "five", n_images=4, image_size=(64, 64), class_names=VOC_CLASSES[:5])
+    assert (five.parent / "classes.txt").read_text() == "aeroplane\nbicycle\nbird\nboat\nbottle\n"
+    for root in (tmp_path / "five", five.parent, five):
+        assert dataset_class_names(root) == ("aeroplane", "bicycle", "bird", "boat", "bottle")
+    # without classes.txt: a devkit (or a VOC2007 folder alone) with VOC names gives the 20 in devkit order
+    dk = tmp_path / "dk" / "VOCdevkit"
+    shutil.copytree(synth_voc, dk / "VOC2007")
+    assert dataset_class_names(dk.parent) == VOC_CLASSES == dataset_class_names(dk / "VOC2007")
+    # a LabelImg-style export (any folder name) with other names: the names used, sorted
+    ex = tmp_path / "my_export"
+    shutil.copytree(synth_voc, ex)
+    for x in (ex / "Annotations").glob("*.xml"):
+        x.write_text(re.sub(r"<name>(\w+)</name>", lambda m: "<name>" + ("Zebra" if m.group(1) < "d" else "apple") + "</name>",
+                            x.read_text()))
+    assert dataset_class_names(ex) == ("Zebra", "apple")
+    # the same names in a VOC year folder are not VOC names either
+    y = tmp_path / "dk2" / "VOCdevkit" / "VOC2007"
+    shutil.copytree(ex, y)
+    assert dataset_class_names(y) == ("Zebra", "apple")
+    # classes.txt in the folder pointed at, or in the layout's base, wins (BOM and blank lines ignored)
+    (ex / "classes.txt").write_bytes("\ufeffapple\n\nZebra\npear\n".encode())
+    assert dataset_class_names(ex) == ("apple", "Zebra", "pear")
+    (y.parent / "classes.txt").write_text("one\ntwo\n")
+    assert dataset_class_names(y) == ("one", "two") == dataset_class_names(y.parent.parent)
+    (y.parent / "classes.txt").write_text("one\ntwo\none\n")
+    with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: class names listed more than once: 'one'"):
+        dataset_class_names(y)
+    (y.parent / "classes.txt").write_text("\n \n")
+    with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: no class names"):
+        dataset_class_names(y)
+    # Kaggle: numeric labels, the 20 VOC names (unless a classes.txt says otherwise)
+    kg, _ = _kaggle(tmp_path, synth_voc, None)
+    assert dataset_class_names(kg) == VOC_CLASSES
+    (kg / "classes.txt").write_text("a\nb\n")
+    assert dataset_class_names(kg) == ("a", "b")
+    # only the named splits are read; no split files at all is a clear error
+    (ex / "classes.txt").unlink()
+    (ex / "ImageSets" / "Main" / "one.txt").write_text("000001\n")
+    x = ex / "Annotations" / "000001.xml"
+    x.write_text(re.sub(r"<name>\w+</name>", "<name>kiwi</name>", x.read_text()))
+    assert dataset_class_names(ex, "one") == ("kiwi",)
+    assert dataset_class_names(ex, ["one", "test"]) == ("Zebra", "apple", "kiwi") == dataset_class_names(ex)
+    for f in (ex / "ImageSets" / "Main").glob("*.txt"): f.unlink()
+    with pytest.raises(DatasetError, match="my_export/ImageSets/Main: no split files"):
+        dataset_class_names(ex)
+
+
+def test_class_names_share_the_check_cache(tmp_path, synth_voc, monkeypatch):
+    import yolo_voc.voc as voc_mod
+    root = tmp_path / "d"
+    shutil.copytree(synth_voc.parent.parent, root)
+    (root / "VOCdevkit" / "classes.txt").unlink()
+    parsed = []
+    real = voc_mod._raw_voc_xml
+    monkeypatch.setattr(voc_mod, "_raw_voc_xml", lambda data: parsed.append(1) or real(data))
+    cache = tmp_path / "check.json"
+    assert dataset_class_names(root, cache=cache) == VOC_CLASSES
+    rep = check_dataset(root, None, VOC_CLASSES, cache=cache)
+    assert (len(parsed), rep.cache_hits, rep.images) == (40, 40, 40)  # each XML parsed once between the two
+
+
+# --- issue 15 / fit: several splits in one check, each problem once ---
+
+def test_check_several_splits_once(tmp_path, synth_voc):
+    dk = tmp_path / "VOCdevkit"
+    shutil.copytree(synth_voc, dk / "VOC2007")
+    M = dk / "VOC2007" / "ImageSets" / "Main"
+    tv, te = _ids(dk / "VOC2007", "trainval"), _ids(dk / "VOC2007", "test")
+    (M / "test.txt").write_text("".join(f"{i}\n" for i in te + [tv[0]]))  # one image in both splits
+    (dk / "VOC2007" / "JPEGImages" / f"{tv[0]}.jpg").unlink()
+    missing = Problem(f"VOC2007/JPEGImages/{tv[0]}.jpg", f"missing image for VOC2007/Annotations/{tv[0]}.xml")
+    rep = check_dataset(dk, ["trainval", "test"])
+    assert rep.problems == [missing] and rep.images == 39
+    assert check_dataset(dk, "trainval+test").to_dict() == rep.to_dict()
+    # no validation split named: [train, None] means every split file, as None does
+    assert check_dataset(dk, ["trainval", None]).to_dict() == check_dataset(dk, None).to_dict()
+    # a problem about the splits themselves is listed once too
+    rep = check_dataset(dk, ["2010-trainval", "2010-test"])
+    assert [str(p) for p in rep.problems] == ["VOC2010: year folder not found (have VOC2007)"]
+
+
+# --- issue 17: split files and pairing ---
+
+def test_split_file_bom_and_duplicates(tmp_path, synth_voc):
+    dk = tmp_path / "VOCdevkit"
+    shutil.copytree(synth_voc, dk / "VOC2007")
+    ids = _ids(dk / "VOC2007", "train")
+    f = dk / "VOC2007" / "ImageSets" / "Main" / "train.txt"
+    f.write_bytes(b"\xef\xbb\xbf" + "".join(f"{i}\r\n" for i in ids + [ids[3], ids[0], ids[3]]).encode())
+    rep = check_dataset(dk, "train")
+    assert rep.ok and rep.images == len(ids)  # the first id kept, duplicates read once
+    assert [str(w) for w in rep.warnings] == [
+        f"VOC2007/ImageSets/Main/train.txt: lists 2 ids more than once ({ids[3]!r}, {ids[0]!r}); each is used once"]
+    assert [r.image_id for r in load_annotations(dk, "train")] == ids
+    d = rep.to_dict()
+    assert d["warnings"] == [{"file": "VOC2007/ImageSets/Main/train.txt", "problem": rep.warnings[0].problem}]
+    assert str(rep).splitlines()[-2:] == ["warnings: 1", f"  {rep.warnings[0]}"]
+    # Kaggle CSVs: the same
+    kg, recs = _kaggle(tmp_path, synth_voc, None)
+    rows = (kg / "train.csv").read_text()
+    (kg / "train.csv").write_bytes(b"\xef\xbb\xbf" + (rows + rows.splitlines(keepends=True)[1]).encode())
+    rep = check_dataset(kg, "train")
+    assert rep.ok and rep.images == len(recs)
+    assert [str(w) for w in rep.warnings] == [f"train.csv: lists 1 images more than once ('{recs[1].image_id}.jpg'); each is used once"]
+
+
+def test_filename_tag_does_not_pair(tmp_path):
+    voc = make_synthetic_voc(tmp_path, n_images=4, image_size=(96, 64))
+    x = voc / "Annotations" / "000002.xml"
+    x.write_text(x.read_text().replace("<filename>000002.jpg", "<filename>000003.jpg"))
+    # parse_voc_xml and the dataset reader both read JPEGImages/<id>.jpg
+    assert parse_voc_xml(x.read_bytes(), "Annotations/000002.xml", image_dir=voc / "JPEGImages").image_path == voc / "JPEGImages/000002.jpg"
+    rep = check_dataset(voc)
+    assert rep.ok and rep.images == 4
+    assert [str(w) for w in rep.warnings] == ["VOC2007/Annotations/000002.xml: <filename> is '000003.jpg', not '000002.jpg'; "
+                                              "the image read is VOC2007/JPEGImages/000002.jpg, as the VOC devkit pairs them"]
+    recs = {r.image_id: r for r in load_annotations(voc, None)}
+    assert recs["000002"].image_path == voc / "JPEGImages" / "000002.jpg"
+    # the image <id>.jpg missing: a problem, even though <filename> names an existing image
+    (voc / "JPEGImages" / "000002.jpg").unlink()
+    assert [str(p) for p in check_dataset(voc).problems] == [
+        "VOC2007/JPEGImages/000002.jpg: missing image for VOC2007/Annotations/000002.xml"]
+    # a path or another slash in <filename> is not a mismatch
+    x.write_text(x.read_text().replace("<filename>000003.jpg", "<filename>C:\\data\\000002.jpg"))
+    assert check_dataset(voc).warnings == []
+
+
+# --- the Kaggle mount: /kaggle/input/<slug>/PASCAL_VOC ---
+
+def test_kaggle_nested(tmp_path, synth_voc):
+    kg, recs = _kaggle(tmp_path, synth_voc, None)
+    slug = tmp_path / "input" / "pascal-voc-dataset-used-in-yolov3-video"
+    shutil.move(kg, slug / "PASCAL_VOC")
+    layout = slug / "PASCAL_VOC"
+    rows = (layout / "train.csv").read_text().splitlines(keepends=True)
+    (layout / "train.csv").write_text("".join(rows[:-5]))
+    (layout / "test.csv").write_text("".join(rows[-5:]))
+    (layout / "100examples.csv").write_text("".join(rows[:10]))
+    (layout / "8examples.csv").write_text("".join(rows[:8]))
+    for root in (layout, slug, slug.parent):
+        assert find_dataset(root).kind == "kaggle" and find_dataset(root).base == layout
+        assert [len(load_annotations(root, s)) for s in ("train", "test", "100examples", "8examples")] == [len(recs) - 5, 5, 10, 8]
+    rep = check_dataset(slug)
+    assert rep.ok and rep.images == len(recs)
+    with pytest.raises(DatasetError, match="'2007-train'|no VOC years"):
+        load_annotations(slug, "2007-train")
+    # two copies below the root: refused, naming both
+    shutil.copytree(layout, tmp_path / "input" / "copy" / "PASCAL_VOC")
+    with pytest.raises(DatasetError, match=r"2 Kaggle-layout folders below it \(copy/PASCAL_VOC, pascal-voc"):
+        find_dataset(tmp_path / "input")
+    # three levels down is too far
+    deep = tmp_path / "deep"
+    shutil.copytree(layout, deep / "a" / "b" / "PASCAL_VOC")
+    with pytest.raises(DatasetError, match="not a dataset folder"):
+        find_dataset(deep)
