@@ -13,9 +13,11 @@ process with one torch and one OpenCV thread, measures:
   reduced-size decodes per mosaic), for comparison.
 
 The ratio `samples_per_s / decode_per_s` is the figure of merit (target >= 0.2). Both are measured in the same
-run, interleaved batch by batch so that all see the same machine load, and the times are summed.
+run, interleaved batch by batch so that all see the same machine load, and the times are summed. The result
+records the machine's state and load (`conditions`, see `benchmarks/conditions.py`); the spread checked is that
+of the seconds per sample of each of the `--rounds` rounds, for decoding and for the training samples.
 
-    python benchmarks/data_speed.py --json
+    python benchmarks/data_speed.py --json --save-results
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.data import EpochSampler, VOCDataset, collate
 from yolo_voc.transforms import read_image
 from yolo_voc.voc import load_annotations, make_synthetic_voc
@@ -48,10 +51,12 @@ def main(argv=None):
     ap.add_argument("--float", action="store_true",
                     help="float32 images from the workers (VOCDataModule's default is uint8, converted on the device)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    add_arguments(ap)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    cond = Conditions.from_args(args, "data_speed", own_threads=1).start()
     if args.data is None:
         root = Path(tempfile.mkdtemp()) / "synth"
         make_synthetic_voc(root, n_images=args.images, image_size=(args.width, args.height), seed=0)
@@ -67,6 +72,7 @@ def main(argv=None):
     # interleave one batch of each measurement at a time, so that all see the same machine load; sum the times
     t_dec = t_smp = t_one = 0.0
     n = mosaics = 0
+    per_round = [dict(n=0, dec=0.0, smp=0.0) for _ in range(args.rounds)]  # for the spread check
     for start in range(0, args.rounds * args.samples, args.batch):
         items = order[start:start + args.batch]
         t0 = time.perf_counter()
@@ -78,16 +84,24 @@ def main(argv=None):
         t3 = time.perf_counter()
         t_dec += t1 - t0; t_smp += t2 - t1; t_one += t3 - t2
         n += len(items); mosaics += sum(info["mosaic"] for info in infos)
+        r = per_round[min(start // args.samples, args.rounds - 1)]
+        r["n"] += len(items); r["dec"] += t1 - t0; r["smp"] += t2 - t1
     samples, decode, single = n / t_smp, n / t_dec, n / t_one
     out = dict(samples_per_s=round(samples, 1), decode_per_s=round(decode, 1),
                ratio=round(samples / decode, 3), mosaic_fraction=round(mosaics / n, 3),
                samples_per_s_single=round(single, 1), ratio_single=round(single / decode, 3), batch=args.batch,
                size=args.size, images=len(paths), image_size=[args.width, args.height] if args.data is None else None,
                threads=1, uint8=not args.float)
+    cond.add_timings("decode_seconds_per_sample", [r["dec"] / r["n"] for r in per_round if r["n"]])
+    cond.add_timings("samples_seconds_per_sample", [r["smp"] / r["n"] for r in per_round if r["n"]])
+    out["conditions"] = cond.finish()
+    if args.save_results: save_results("data_speed", out, args)
     if args.json:
         print(json.dumps(out))
     else:
-        for k, v in out.items(): print(f"{k:>16}: {v}")
+        for k, v in out.items():
+            if k != "conditions": print(f"{k:>16}: {v}")
+        print(f"{'conditions':>16}: {describe(out['conditions'])}")
     return out
 
 

@@ -10,7 +10,9 @@ the right class, higher scores) plus random false positives. Times, on one CPU t
   evaluate(), accumulate() and summarize(); `pycocotools_eval_seconds`: evaluate() + accumulate() alone.
 
 Difficult boxes go to pycocotools as iscrowd=1, the project's "coco" semantics. Each time is the best of
-`--repeat` runs (pycocotools runs once). Usage: `python benchmarks/eval_speed.py [--images 5000] [--dets 50] [--json]`.
+`--repeat` runs after one untimed run (pycocotools runs once). The result records the machine's state and load
+(`conditions`, see `benchmarks/conditions.py`); the spread of the repeated runs of each method is checked.
+Usage: `python benchmarks/eval_speed.py [--images 5000] [--dets 50] [--json] [--save-results]`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import time
 import numpy as np
 import torch
 
+from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.metrics import mean_average_precision
 
 
@@ -91,13 +94,15 @@ def run_pycocotools(preds, targets, num_classes: int) -> tuple[float, float, flo
     return float(ev.stats[0]), time.perf_counter() - t0, t2 - t1
 
 
-def best_time(fn, repeat: int):
-    "(result, best wall time in seconds) of `repeat` calls."
-    best, out = float("inf"), None
+def best_time(fn, repeat: int, times: list | None = None):
+    "(result, best wall time in seconds) of `repeat` calls after one untimed call; each time is appended to `times`."
+    out, best = fn(), float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
+        t = time.perf_counter() - t0
+        best = min(best, t)
+        if times is not None: times.append(t)
     return out, best
 
 
@@ -111,14 +116,20 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="runs of the project's methods (the best counts)")
     ap.add_argument("--no-pycocotools", action="store_true", help="skip the (slow) pycocotools run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    add_arguments(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    cond = Conditions.from_args(args, "eval_speed", own_threads=1).start()
 
     preds, targets = make_data(args.images, args.dets, args.gts, args.classes, args.seed)
     C = args.classes
-    res, seconds = best_time(lambda: mean_average_precision(preds, targets, method="coco", num_classes=C), args.repeat)
-    v07, voc07_seconds = best_time(lambda: mean_average_precision(preds, targets, method="voc07", num_classes=C), args.repeat)
-    v12, voc12_seconds = best_time(lambda: mean_average_precision(preds, targets, method="voc12", num_classes=C), args.repeat)
+    times = dict(seconds=[], voc07_seconds=[], voc12_seconds=[])
+    res, seconds = best_time(lambda: mean_average_precision(preds, targets, method="coco", num_classes=C), args.repeat,
+                             times["seconds"])
+    v07, voc07_seconds = best_time(lambda: mean_average_precision(preds, targets, method="voc07", num_classes=C),
+                                   args.repeat, times["voc07_seconds"])
+    v12, voc12_seconds = best_time(lambda: mean_average_precision(preds, targets, method="voc12", num_classes=C),
+                                   args.repeat, times["voc12_seconds"])
     out = dict(images=args.images, detections=int(sum(len(p["scores"]) for p in preds)),
                ground_truths=int(sum(len(t["labels"]) for t in targets)), classes=C,
                seconds=round(seconds, 4), voc07_seconds=round(voc07_seconds, 4), voc12_seconds=round(voc12_seconds, 4),
@@ -129,11 +140,15 @@ def main(argv=None):
                    ratio=round(py_seconds / seconds, 1), eval_ratio=round(py_eval / seconds, 1),
                    map_pycocotools=ref, abs_diff=abs(res["map"] - ref))
     out.update(threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), numpy=np.__version__)
+    for key, ts in times.items(): cond.add_timings(key, ts)
+    out["conditions"] = cond.finish()
+    if args.save_results: save_results("eval_speed", out, args)
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
-            print(f"{k:>26}: {v}")
+            if k != "conditions": print(f"{k:>26}: {v}")
+        print(f"{'conditions':>26}: {describe(out['conditions'])}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ mAP every `--val-every` epochs. The resident set size (RSS; psutil when it is in
 is sampled after a `gc.collect()` at the end of warm-up (`--warmup`, step 200), every `--every` (250) steps and
 at the last step. A leak of a tensor, a logged value or a metric state per step shows as steady growth.
 
-    nice python benchmarks/train_memory.py --json                 # 2,000 steps, a few minutes on 2 CPU cores
+    nice python benchmarks/train_memory.py --json --save-results  # 2,000 steps, a few minutes on 2 CPU cores
     python benchmarks/train_memory.py --steps 30 --json           # a smoke run
 
 Prints (with `--json`, as one JSON object): `rss_start_mb` (at the end of warm-up), `rss_end_mb`, `growth_mb`
 (end - start), `growth_mb_per_1000_steps` (least-squares slope over the samples after warm-up), `samples`
 (step, RSS, seconds since the start of training), `rss_peak_mb` (the process's maximum RSS), the configuration
-and the wall time. With `--max-growth-mb X` the exit status is 1 when `growth_mb` > X.
+and the wall time, and `conditions`: the machine's state and load around the run (see `benchmarks/conditions.py`;
+memory is the figure here, so only the load is checked, no spread of timings). With `--max-growth-mb X` the exit
+status is 1 when `growth_mb` > X.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import torch
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.data import VOCDataModule
 from yolo_voc.train import YoloModule, make_trainer
 from yolo_voc.voc import make_synthetic_voc
@@ -101,6 +104,7 @@ def measure(args, tmp: Path) -> int:
     trainer = make_trainer(tmp / "run", callbacks=[monitor], max_steps=args.steps, max_epochs=-1,
                            accelerator=args.accelerator, devices=1, check_val_every_n_epoch=args.val_every,
                            num_sanity_val_steps=0, enable_progress_bar=False)
+    cond = Conditions.from_args(args, "train_memory", own_threads=torch.get_num_threads()).start()
     rss_before = rss_mb()
     t0 = time.perf_counter()
     trainer.fit(module, dm)
@@ -118,10 +122,14 @@ def measure(args, tmp: Path) -> int:
                            num_workers=0, val_every_epochs=args.val_every, device=str(module.device),
                            precision=str(trainer.precision), torch=torch.__version__, lightning=pl.__version__,
                            threads=torch.get_num_threads()))
+    out["conditions"] = cond.finish()
+    if args.save_results: save_results("train_memory", out, args)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        for k, v in out.items(): print(f"{k:>26}: {v}")
+        for k, v in out.items():
+            if k != "conditions": print(f"{k:>26}: {v}")
+        print(f"{'conditions':>26}: {describe(out['conditions'])}")
     if args.max_growth_mb is not None and out["growth_mb"] > args.max_growth_mb:
         print(f"train_memory.py: RSS grew {out['growth_mb']} MiB after warm-up, more than --max-growth-mb "
               f"{args.max_growth_mb}", file=sys.stderr)
@@ -146,6 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-growth-mb", type=float, default=None, help="exit with status 1 when growth_mb exceeds this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_arguments(p)
     args = p.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     pl.seed_everything(args.seed, verbose=False)

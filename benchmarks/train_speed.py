@@ -39,7 +39,7 @@ of the 4,952 VOC07 test images at the measured evaluation rate) / 60: a 40-epoch
 Usage:
 
     python benchmarks/train_speed.py --json                       # defaults for the device (see --help)
-    python benchmarks/train_speed.py --json --save-results        # also write benchmarks/results/<gpu>-<date>.json
+    python benchmarks/train_speed.py --json --save-results        # also write benchmarks/results/<machine>-<date>-train_speed.json
     python benchmarks/train_speed.py --json --check-compile       # also compare compiled and eager outputs
 
 Defaults on CUDA: YOLOv3 full size (width 1.0, depth 1.0), batch 64, 416 px, 50 timed steps after 15 warm-up
@@ -47,6 +47,11 @@ steps (end to end: 300 timed steps, the rate of the last 150), 1,024 synthetic i
 (at most 16). On CPU: a tiny model (width 0.125,
 depth 0.33), batch 8, 160 px, 5 steps after 2, 48 images, 1 worker, 1 torch thread: a smoke run of well under a
 minute on an idle machine.
+
+The result records the machine's state and load around the run (`conditions`, see `benchmarks/conditions.py`). For
+the spread check, each timed measurement synchronizes the device every `max(1, steps // 5)` steps and records the
+seconds per image of each such chunk (of the second half only, end to end); the chunks' coefficient of variation
+must stay under `--max-cv` for the result to be publishable.
 """
 from __future__ import annotations
 
@@ -57,7 +62,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -68,6 +72,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.boxes import ANCHORS, STRIDES, postprocess, unletterbox_boxes
 from yolo_voc.data import VOCDataModule, VOCDataset, collate, encode_targets, images_to_float, worker_init
 from yolo_voc.loss import YoloLoss
@@ -130,8 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
-    p.add_argument("--save-results", action="store_true",
-                   help="also write the JSON to benchmarks/results/<gpu>-<date>.json")
+    add_arguments(p)
     args = p.parse_args(argv)
     args.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = args.device.type == "cuda"
@@ -193,23 +197,29 @@ def time_steps(step, batches, warmup: int, steps: int, sync, second_half: bool =
     """Run `warmup` untimed then `steps` timed steps over `batches` (an iterator of (images, targets)); seconds and
     images. With `second_half`, the device is also synchronized after half of the steps and `images_per_s` is the
     rate of the second half (`images_per_s_all`: of all), so that batches the loader prefetched during warm-up
-    don't count as produced in the timed window."""
+    don't count as produced in the timed window. The device is also synchronized every `max(1, steps // 5)` steps:
+    `chunk_seconds_per_image` holds the seconds per image of each such chunk of the timed window, for the spread."""
     t0 = time.perf_counter()
     for _ in range(warmup): step(*next(batches))
     sync()
     t1 = time.perf_counter()
     half = steps // 2 if second_half else 0
+    chunk = max(1, steps // 5)
     n = n_half = 0
     t_half = t1
+    marks = [(t1, 0)]  # (synchronized time, images so far) at chunk boundaries
     for i in range(steps):
-        if second_half and i == half: sync(); t_half, n_half = time.perf_counter(), n
+        if second_half and i == half: sync(); t_half, n_half = time.perf_counter(), n; marks = [(t_half, n)]
+        elif i and i % chunk == 0: sync(); marks.append((time.perf_counter(), n))
         images, targets = next(batches)
         n += images.shape[0]  # a host-side shape: no sync
         loss = step(images, targets)
     sync()
     t2 = time.perf_counter()
+    marks.append((t2, n))
+    chunks = [(tb - ta) / (nb - na) for (ta, na), (tb, nb) in zip(marks, marks[1:]) if nb > na]
     return dict(seconds=t2 - t_half, images=n - n_half, images_per_s=(n - n_half) / (t2 - t_half),
-                images_per_s_all=n / (t2 - t1), warmup_seconds=t1 - t0, loss=loss)
+                images_per_s_all=n / (t2 - t1), warmup_seconds=t1 - t0, loss=loss, chunk_seconds_per_image=chunks)
 
 
 def cycle(items):
@@ -303,13 +313,9 @@ def default_peak(args, gpu: str) -> float | None:
     return None
 
 
-def results_path(gpu: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "device"
-    return Path(__file__).resolve().parent / "results" / f"{slug}-{datetime.date.today():%Y%m%d}.json"
-
-
-def run(args, tmp: Path) -> dict:
-    "All the measurements; the synthetic dataset goes into the folder `tmp`."
+def run(args, tmp: Path, cond: Conditions | None = None) -> dict:
+    "All the measurements (their repeated timings go to `cond`); the synthetic dataset goes into the folder `tmp`."
+    cond = cond or Conditions(name="train_speed")
     device, cuda = args.device, args.device.type == "cuda"
     if cuda: torch.cuda.set_device(device)
     if args.threads: torch.set_num_threads(args.threads)
@@ -344,6 +350,7 @@ def run(args, tmp: Path) -> dict:
             r = time_steps(make_step(model, opt, loss_fn, anchors, None, False), cycle(batches), args.warmup, args.steps, sync)
             out["eager_fp32_images_per_s"] = r["images_per_s"]
             out["eager_fp32_loss_finite"] = bool(torch.isfinite(r["loss"]))
+            cond.add_timings("eager_fp32_seconds_per_image", r["chunk_seconds_per_image"])
             log(f"  eager fp32: {r['images_per_s']:.1f} images/s")
         except torch.OutOfMemoryError as e:  # fp32 activations are twice bf16's: a batch the fast path fits may not fit here
             out["eager_fp32_images_per_s"] = None
@@ -377,6 +384,7 @@ def run(args, tmp: Path) -> dict:
     r = time_steps(step, data, args.warmup, args.steps, sync)
     out["model_only_images_per_s"] = r["images_per_s"]
     out["model_only_loss_finite"] = bool(torch.isfinite(r["loss"]))
+    cond.add_timings("model_only_seconds_per_image", r["chunk_seconds_per_image"])
     if cuda: peak_mem["model_only"] = torch.cuda.max_memory_allocated(device) / 2**30
     log(f"  fast path ({out['fast_path']}): {r['images_per_s']:.1f} images/s")
     if out.get("eager_fp32_images_per_s"):
@@ -406,6 +414,7 @@ def run(args, tmp: Path) -> dict:
     out["end_to_end_steps"] = args.e2e_steps
     out["prefetched_batches"] = args.workers * 2  # the loader's queue (prefetch_factor 2) at the start of timing
     out["end_to_end_loss_finite"] = bool(torch.isfinite(r["loss"]))
+    cond.add_timings("end_to_end_seconds_per_image", r["chunk_seconds_per_image"])
     out["train_images"] = len(dm.train_dataset)
     out["tflops_end_to_end"] = flops * out["end_to_end_images_per_s"] / 1e12
     out["mfu_end_to_end"] = out["tflops_end_to_end"] / out["peak_tflops"] if out["peak_tflops"] else None
@@ -452,20 +461,26 @@ def rounded(x):
 def main(argv=None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="yolo_voc_train_speed-"))
+    # the run's own busy threads: the main process's torch threads and the DataLoader workers
+    cond = Conditions.from_args(args, "train_speed", own_threads=(args.threads or torch.get_num_threads()) + args.workers)
+    cond.start()
     try:
-        out = rounded(run(args, tmp))
+        out = rounded(run(args, tmp, cond))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    out["conditions"] = cond.finish()
     text = json.dumps(out, indent=1)
-    paths = ([args.out] if args.out else []) + ([results_path(out["gpu"])] if args.save_results else [])
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        log(f"  wrote {path}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        log(f"  wrote {args.out}")
+    if args.save_results: save_results("train_speed", out, args)
     if args.json:
         print(text)
     else:
-        for k, v in out.items(): print(f"{k:>28}: {v}")
+        for k, v in out.items():
+            if k != "conditions": print(f"{k:>28}: {v}")
+        print(f"{'conditions':>28}: {describe(out['conditions'])}")
     return 0
 
 
