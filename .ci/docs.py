@@ -12,6 +12,9 @@ markdown are copied. Backticked public names (`boxes.decode_outputs`, `load_dete
 (`03_data`) link to their documentation, as nbdev's doclinks do.
 
 Usage: `python .ci/docs.py [--nbs nbs] [--lib yolo_voc] [--out _docs]`; it prints the pages and the build time.
+`python .ci/docs.py --execute nbs/00_boxes.ipynb` runs a notebook in place so that it keeps its outputs, skipping
+`#| eval: false` cells as `nbdev_test` does (plain `jupyter nbconvert --execute` would run them); then run
+`nbdev_clean --fname nbs/00_boxes.ipynb`.
 """
 from __future__ import annotations
 
@@ -469,13 +472,37 @@ def build(nbs: Path = ROOT / "nbs", lib: Path = ROOT / "yolo_voc", out: Path = R
     return written
 
 
+def execute_notebook(path: Path, timeout: int = 600) -> int:
+    "Run a notebook in place so it keeps its outputs, skipping `#| eval: false` cells as nbdev_test does; return the cells run."
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    skipped = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and _is_false(split_directives(cell.source)[0].get("eval", "true")):
+            cell.metadata.setdefault("tags", []).append("skip-execution")  # nbclient's own skip tag
+            skipped.append(cell)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell in skipped:
+        cell.metadata["tags"].remove("skip-execution")
+        if not cell.metadata["tags"]:
+            del cell.metadata["tags"]
+    nbformat.write(nb, path)
+    return sum(c.cell_type == "code" for c in nb.cells) - len(skipped)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--execute", type=Path, nargs="+", metavar="NOTEBOOK",
+                    help="instead of building: run these notebooks in place so they keep their outputs (then nbdev_clean them)")
     ap.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="folder of the notebooks")
     ap.add_argument("--lib", type=Path, default=ROOT / "yolo_voc", help="the exported package")
     ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="output folder (replaced)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.execute:
+        for nb_path in args.execute:
+            print(f"{nb_path}: ran {execute_notebook(nb_path)} cells in {time.perf_counter() - t0:.1f} s")
+        return 0
     try:
         written = build(args.nbs, args.lib, args.out)
     except DocsError as e:

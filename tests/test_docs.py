@@ -252,3 +252,15 @@ def test_site_in_chromium(site, tmp_path):
     assert img.size == (1200, 900)
     lo, hi = img.getextrema()
     assert hi - lo > 100 and sum(n > 0 for n in img.histogram()) > 20, "the index screenshot is blank"
+
+
+def test_execute_notebook_keeps_outputs_and_skips_eval_false(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x = 6 * 7\nx"), new_code_cell("#| eval: false\nraise RuntimeError('needs a GPU')"),
+                             new_code_cell("print(x + 1)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "run.ipynb")
+    assert docs.execute_notebook(tmp_path / "run.ipynb") == 2
+    out = nbformat.read(tmp_path / "run.ipynb", as_version=4)
+    assert out.cells[0].outputs[0]["data"]["text/plain"] == "42"
+    assert out.cells[1].outputs == [] and "tags" not in out.cells[1].metadata
+    assert out.cells[2].outputs[0]["text"] == "43\n"
