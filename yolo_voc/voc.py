@@ -387,7 +387,7 @@ def _save_cache(path: Path | None, entries: dict) -> None:
         os.replace(tmp, path)
     except OSError as e: warnings.warn(f"{path}: could not write the check cache ({e})")
 
-def _stat(path: Path) -> list:
+def _stat(path: str | Path) -> list:
     "[size, mtime_ns] of `path`, or [-1, -1] when it does not exist."
     try: s = os.stat(path)
     except (OSError, ValueError): return [-1, -1]  # ValueError: a NUL in the name
@@ -439,9 +439,10 @@ def _voc_items(layout: DatasetLayout, split, years, problems: list, warnings_: l
     for y, f in dict.fromkeys(files):
         try: ids = [line.split()[0] for line in _read_text(f).splitlines() if line.strip()]
         except OSError as e: problems.append(Problem(rel(f), f"unreadable split file ({e.strerror or e})")); continue
-        if not ids: problems.append(Problem(rel(f), "split is empty")); continue
-        _listed_twice(rel(f), ids, warnings_)
-        for i in ids: items.setdefault((y, i), rel(f))
+        split_file = rel(f)
+        if not ids: problems.append(Problem(split_file, "split is empty")); continue
+        _listed_twice(split_file, ids, warnings_)
+        for i in ids: items.setdefault((y, i), split_file)
     return [(y, i, f) for (y, i), f in items.items()]
 
 def _csv_rows(path: Path, images: Path) -> tuple[list, bool]:
@@ -483,12 +484,14 @@ def _kaggle_items(layout: DatasetLayout, split, years, problems: list, warnings_
 # %% ../nbs/01_voc.ipynb
 def _voc_entry(folder: Path, image_id: str, cached: dict | None) -> tuple[dict, bool]:
     "Plain values for image `image_id` of the year folder `folder` (from `cached` when both files are unchanged): (entry, cache hit)."
-    xml, image = folder / "Annotations" / f"{image_id}.xml", folder / "JPEGImages" / f"{image_id}.jpg"
+    xml = os.path.join(folder, "Annotations", image_id + ".xml")  # strings, not Paths: this runs for every image
+    image = os.path.join(folder, "JPEGImages", image_id + ".jpg")
     stat = _stat(xml) + _stat(image)
     if cached and cached.get("stat") == stat: return cached, True
     entry = {"stat": stat, "annotation": None, "image": None}  # no annotation: the XML file does not exist
     if stat[0] < 0: return entry, False
-    try: entry["annotation"] = _raw_voc_xml(xml.read_bytes())
+    try:
+        with open(xml, "rb") as f: entry["annotation"] = _raw_voc_xml(f.read())
     except OSError as e: entry["annotation"] = RawAnnotation(error=f"unreadable ({e.strerror or e})")
     entry["image"] = list(check_image(image))
     return entry, False
@@ -513,7 +516,7 @@ def _annotation_of(entry: dict) -> RawAnnotation | None:
 class _Scan:
     "A split as read from disk, before any class list is applied: items with their cache entries, split-file findings."
     layout: DatasetLayout
-    items: list = field(default_factory=list)  # VOC: (year folder, id, split file, xml file, entry); Kaggle: (image, label, csv, row, entry)
+    items: list = field(default_factory=list)  # VOC: (year, id, split file, xml file, entry); Kaggle: (image, label, csv, row, entry)
     problems: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     cache_hits: int = 0
@@ -525,13 +528,14 @@ def _scan(layout: DatasetLayout, split, years=None, cache: bool | str | Path = F
     cached = _load_cache(cache_path)
     fresh = {}
     if layout.kind == "voc":
+        prefixes = {y: d.relative_to(layout.base).as_posix() + "/Annotations/" for y, d in layout.years.items()}
         for year, image_id, split_file in _voc_items(layout, split, years, scan.problems, scan.warnings):
             folder = layout.years[year]
-            xml_file = (folder / "Annotations" / f"{image_id}.xml").relative_to(layout.base).as_posix()
+            xml_file = prefixes[year] + image_id + ".xml"
             entry, hit = _voc_entry(folder, image_id, cached.get(xml_file))
             if not hit: fresh[xml_file] = entry
             scan.cache_hits += hit
-            scan.items.append((folder, image_id, split_file, xml_file, entry))
+            scan.items.append((year, image_id, split_file, xml_file, entry))
     else:
         for image_file, label_file, csv_file, row in _kaggle_items(layout, split, years, scan.problems, scan.warnings):
             key = f"{label_file}|{image_file}"
@@ -561,11 +565,11 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
     problems, warnings_, records = scan.problems, scan.warnings, []
     classes = _class_index(class_names)
     if layout.kind == "voc":
-        for folder, image_id, split_file, xml_file, entry in scan.items:
+        prefixes = {y: d.relative_to(layout.base).as_posix() + "/JPEGImages/" for y, d in layout.years.items()}
+        for year, image_id, split_file, xml_file, entry in scan.items:
             raw = _annotation_of(entry)
             if raw is None: problems.append(Problem(split_file, f"names {image_id!r} but {xml_file} does not exist")); continue
-            image_path = folder / "JPEGImages" / f"{image_id}.jpg"
-            image_file = image_path.relative_to(layout.base).as_posix()
+            image_file = prefixes[year] + image_id + ".jpg"
             image_w, image_h, image_problem = entry["image"]
             if raw.error: problems.append(Problem(xml_file, raw.error))
             if image_problem:
@@ -586,7 +590,7 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
                                                                  else ((), (), (), (), []))
             problems.extend(Problem(xml_file, p) for p in found + box_problems)
             if image_problem or size_differs or not len(labels): continue
-            records.append(Annotation(image_id, image_path, w, h, boxes, labels, difficult, truncated))
+            records.append(Annotation(image_id, layout.base / image_file, w, h, boxes, labels, difficult, truncated))
     else:
         for image_file, label_file, csv_file, row, entry in scan.items:
             image_w, image_h, image_problem = entry["image"]
