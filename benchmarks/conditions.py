@@ -23,7 +23,9 @@ file in the same folder, then `os.replace`). `<machine>` is `machine_id`: the GP
 
 `.ci/results.py` renders the README's results table from these files. In a script:
 
-    cond = Conditions.from_args(args, own_threads=1).start()
+    add_arguments(parser)                        # --save-results, --results-dir, --wait-idle, --max-load, --max-cv
+    args = parser.parse_args()
+    cond = Conditions.from_args(args, "eval_speed", own_threads=1).start()
     ...                                          # the measurements
     cond.add_timings("seconds", times)           # repeated timings, for the spread check
     out["conditions"] = cond.finish()            # warns on stderr when not publishable
