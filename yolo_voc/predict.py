@@ -7,59 +7,117 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import errno
 import json
+import math
+import numbers
 import os
+import stat
 import sys
-import warnings
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from .boxes import (ANCHORS, STRIDES, VOC_CLASSES, Letterbox, decode_outputs, letterbox_boxes,
-                            letterbox_params, postprocess, unletterbox_boxes)
+from .boxes import ANCHORS, STRIDES, Letterbox, letterbox_params, postprocess, unletterbox_boxes
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint
 from .transforms import PAD_VALUE, eval_transforms
+from .voc import IMAGE_EXTS, Annotation, voc_to_yolo_text
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'ImageReadError', 'list_images', 'load_image', 'letterbox_image', 'to_tensor', 'Detections',
-           'Detector', 'build_model', 'load_detector', 'class_color', 'draw_detections', 'add_model_args',
-           'predict_parser', 'parse_or_status', 'predict_main']
+__all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'PREDICT_EPILOG', 'ImageReadError', 'is_video', 'list_images', 'to_uint8',
+           'load_image', 'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector',
+           'build_model', 'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'class_color', 'draw_detections',
+           'yolo_txt', 'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary',
+           'predict_to_folder', 'add_model_args', 'predict_parser', 'parse_or_status', 'predict_main']
 
 # %% ../nbs/10_predict.ipynb
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = IMAGE_EXTS  # what `yolo-voc check` accepts
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 class ImageReadError(ValueError):
     "An input image that can't be read; the message starts with the file name."
 
-def list_images(sources) -> list:
-    "Flatten `sources` (image, array, path, folder, or a list of them) into a list of single images or paths."
+def is_video(source) -> bool:
+    "Whether `source` is a path with a video suffix (`VIDEO_SUFFIXES`)."
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in VIDEO_SUFFIXES
+
+def list_images(sources, # an image, array, path, folder, or a list of them
+                errors: list | None = None, # where to add `{file, error}` for each file a folder scan skips
+               ) -> list:
+    "Flatten `sources` into single images, paths and videos: a folder gives its image and video files, sorted."
     if isinstance(sources, (list, tuple)):
-        return [item for s in sources for item in list_images(s)]
+        return [item for s in sources for item in list_images(s, errors)]
     if isinstance(sources, (str, os.PathLike)) and Path(sources).is_dir():
-        return sorted(p for p in Path(sources).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        try: entries = sorted(Path(sources).iterdir())
+        except OSError as e:
+            err = ImageReadError(f"{sources}: cannot list the folder ({e.strerror or e})")
+            if errors is None: raise err from None
+            errors.append(dict(file=str(sources), error=str(err))); return []
+        found = []
+        for p in entries:
+            if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES: found.append(p)  # a broken link too: reading says why
+            elif errors is not None and not p.is_dir():
+                errors.append(dict(file=str(p), error=f"{p}: skipped, {p.suffix or 'no suffix'} is not an image or video suffix"))
+        return found
     return [sources]
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    "An image array of any depth as `uint8`, as OpenCV shows it: integers / 256 (uint8 as is), floats x 255, clipped."
+    a = np.asarray(image)
+    if a.dtype == np.uint8: return a
+    if a.dtype == bool: return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.floating):
+        return np.clip(np.rint(np.nan_to_num(a.astype(np.float64) * 255, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer): return np.clip(a.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+    raise ImageReadError(f"array: dtype {a.dtype} is not an image type")
+
+def _rgb(a: np.ndarray, bgr: bool = False) -> np.ndarray:
+    "An `[H, W]` grey, `[H, W, 1..4]` array of any depth as RGB `uint8` `[H, W, 3]` (alpha dropped)."
+    a = to_uint8(a)
+    if a.ndim == 3 and a.shape[-1] in (1, 2): a = a[..., 0]
+    if a.ndim == 2: return np.ascontiguousarray(np.repeat(a[..., None], 3, -1))
+    return np.ascontiguousarray(a[..., 2::-1] if bgr else a[..., :3])
+
+def _check_file(path: Path) -> None:
+    "Raise `ImageReadError` unless `path` is a regular file (missing, broken link, link loop, folder, FIFO...)."
+    try: st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink(): raise ImageReadError(f"{path}: broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
+        raise ImageReadError(f"{path}: no such file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP: raise ImageReadError(f"{path}: symbolic link loop") from None
+        raise ImageReadError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode): raise ImageReadError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(st.st_mode): raise ImageReadError(f"{path}: not a regular file (a FIFO, socket or device)")
 
 def load_image(source) -> np.ndarray:
     "Read a PIL image, numpy array (HWC RGB uint8, or HW grey) or image file as an RGB uint8 array `[H, W, 3]`."
     if isinstance(source, Image.Image):
-        return np.asarray(source.convert("RGB"))
+        return _rgb(np.asarray(source)) if source.mode in ("I", "F") or source.mode.startswith("I;16") else np.asarray(source.convert("RGB"))
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8: raise ImageReadError(f"array: expected dtype uint8, got {source.dtype}")
+        if source.dtype != np.uint8:
+            raise ImageReadError(f"array: expected dtype uint8, got {source.dtype} (to_uint8 scales 16-bit and float images)")
         if source.ndim == 2: source = np.repeat(source[..., None], 3, -1)
         if source.ndim != 3 or source.shape[-1] not in (3, 4) or min(source.shape[:2]) < 1:
             raise ImageReadError(f"array: expected shape [H, W, 3] (RGB), got {list(source.shape)}")
         return np.ascontiguousarray(source[..., :3])
     path = Path(source)
-    if not path.exists(): raise ImageReadError(f"{path}: no such file")
-    if path.is_dir(): raise ImageReadError(f"{path}: is a folder, not an image")
+    _check_file(path)
+    if is_video(path): raise ImageReadError(f"{path}: is a video, not an image (`yolo-voc predict` reads videos)")
     try:
         with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except Exception as e:  # Pillow raises several types: UnidentifiedImageError, OSError (truncated), ...
+            return load_image(ImageOps.exif_transpose(im))
+    except UnidentifiedImageError as e:  # Pillow has no decoder for multi-channel 32-bit and float TIFFs; OpenCV has
+        a = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # applies the EXIF orientation too
+        if a is None or a.size == 0: raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+        return _rgb(a, bgr=True)
+    except Exception as e:  # Pillow raises several types: OSError (truncated), ValueError, DecompressionBombError, ...
         raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
 
 def _name(source) -> str | None:
@@ -99,11 +157,26 @@ class Detections:
             for b, s, l, n in zip(self.boxes, self.scores, self.labels, self.names)])
 
 # %% ../nbs/10_predict.ipynb
+def check_predict_options(conf: float = 0.25, iou: float = 0.45, batch_size: int = 16, max_detections: int = 100,
+                          image_size: int | None = None, fps: float | None = None) -> None:
+    "Raise `ValueError` naming the option when a threshold is outside [0, 1] or a count or size is not positive."
+    for name, v in (("conf", conf), ("iou", iou)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:  # NaN fails the comparison
+            raise ValueError(f"--{name} must be a number in [0, 1], got {v}")
+    for name, v in (("batch-size", batch_size), ("max-detections", max_detections)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"--{name} must be a whole number >= 1, got {v}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+                                   or image_size < max(STRIDES) or image_size % max(STRIDES)):
+        raise ValueError(f"--image-size must be a positive multiple of {max(STRIDES)}, got {image_size}")
+    if fps is not None and not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"--fps must be a positive number, got {fps}")
+
 class Detector:
     "A YOLOv3 ready for inference: letterbox, batches, NMS and boxes in the original image's pixels."
     def __init__(self, model: torch.nn.Module, class_names, image_size: int = 416, anchors=None,
                  model_config: dict | None = None, device="cpu", source: str | None = None):
-        if image_size % max(STRIDES): raise ValueError(f"image_size must be a multiple of {max(STRIDES)}, got {image_size}")
+        check_predict_options(image_size=image_size)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.class_names, self.image_size = list(class_names), int(image_size)
@@ -131,7 +204,8 @@ class Detector:
     def predict(self, images, conf: float = 0.25, iou: float = 0.45, batch_size: int = 16,
                 max_detections: int = 100, errors: list | None = None) -> list[Detections]:
         "Detect objects in `images` (PIL, array, path, folder or list); one `Detections` per image, in order."
-        items, results = list_images(images), []
+        check_predict_options(conf, iou, batch_size, max_detections)
+        items, results = list_images(images, errors), []
         for start in range(0, len(items), batch_size):
             tensors, metas = [], []
             for item in items[start:start + batch_size]:
@@ -161,14 +235,101 @@ def build_model(model_config: dict) -> torch.nn.Module:
     from yolo_voc.model import YOLOv3
     return YOLOv3(**model_config)
 
-def load_detector(path, device="cpu", weights_only: bool = True) -> Detector:
-    "Load a Lightning `.ckpt` or a `save_weights` file as a `Detector` on `device`."
+def resolve_device(device: str | None = "auto") -> str:
+    "The torch device to run on: `auto` (or None) is cuda when PyTorch sees a GPU, else cpu; others are checked."
+    if device in (None, "", "auto"): return "cuda" if torch.cuda.is_available() else "cpu"
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a torch device ({e})") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: PyTorch sees no CUDA GPU on this machine (use cpu or auto)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: PyTorch sees no Apple GPU (MPS) on this machine")
+    return str(d)
+
+def _load_darknet(path, device, image_size: int | None, width_mult: float, depth_mult: float) -> Detector:
+    "A Detector from a Darknet `.weights` file: class count from its size, Darknet's anchors, 416 px."
+    from yolo_voc.darknet import DARKNET_ANCHORS, DarknetError, model_from_darknet
+    try: model, names = model_from_darknet(path, width_mult, depth_mult)
+    except FileNotFoundError: raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+    except DarknetError as e: raise CheckpointError(str(e)) from None
+    config = dict(num_classes=len(names), width_mult=width_mult, depth_mult=depth_mult)
+    return Detector(model, names, image_size or 416, DARKNET_ANCHORS, config, device, source=str(path))
+
+def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file
+                  device="cpu", # a torch device, or "auto" (see `resolve_device`)
+                  weights_only: bool = True, # False loads pickled objects too: only for files you trust
+                  image_size: int | None = None, # the input size (a multiple of 32); None: the file's (416 for Darknet)
+                  width_mult: float = 1.0, # Darknet files only: the YOLOv3's width multiplier
+                  depth_mult: float = 1.0, # Darknet files only: its depth multiplier
+                 ) -> Detector:
+    "Load a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file as a `Detector` on `device`."
+    device = resolve_device(device)
+    if image_size is not None: check_predict_options(image_size=image_size)
+    if str(path).lower().endswith(".weights"): return _load_darknet(path, device, image_size, width_mult, depth_mult)
     ck = read_checkpoint(path, weights_only)
     model = build_model(ck["model"])
     try: model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights don't fit YOLOv3({ck['model']}): {' '.join(str(e).split())[:300]}") from None
-    return Detector(model, ck["class_names"], ck["image_size"], ck["anchors"], ck["model"], device, source=str(path))
+    return Detector(model, ck["class_names"], image_size or ck["image_size"], ck["anchors"], ck["model"], device, source=str(path))
+
+# %% ../nbs/10_predict.ipynb
+@dataclass
+class Video:
+    "A video file opened with OpenCV: its frame rate, frame size and frame count (the container's); iterating gives RGB frames."
+    path: Path
+    fps: float
+    width: int
+    height: int
+    frames: int  # as the container says; 0 or approximate for some formats
+
+    @classmethod
+    def open(cls, path) -> Video:
+        "Open the video at `path`, or raise `ImageReadError` saying why it can't be read."
+        path = Path(path)
+        _check_file(path)
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened(): raise ImageReadError(f"{path}: cannot open the video (not a video, or no decoder for it)")
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            w, h, n = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FRAME_COUNT))
+        finally: cap.release()
+        if not (w > 0 and h > 0): raise ImageReadError(f"{path}: the video has no frame OpenCV can decode")
+        return cls(path, fps if math.isfinite(fps) and fps > 0 else 25.0, w, h, max(n, 0))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            while True:
+                ok, frame = cap.read()  # [H, W, 3] BGR
+                if not ok: return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally: cap.release()
+
+class VideoWriter:
+    "Write RGB frames to a Motion-JPEG `.avi` at `fps`; the first frame sets the size, later ones are resized to it."
+    def __init__(self, path, fps: float = 25.0):
+        self.path, self.fps, self.size, self.frames, self._writer = Path(path), float(fps), None, 0, None
+
+    def write(self, frame: np.ndarray) -> None:
+        "Append one RGB `uint8` frame `[H, W, 3]`; an `OSError` naming the file when OpenCV can't write it."
+        if self._writer is None:
+            self.size = (frame.shape[1], frame.shape[0])
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, self.size)
+            if not self._writer.isOpened(): raise OSError(errno.EIO, "OpenCV cannot write a video there", str(self.path))
+        if (frame.shape[1], frame.shape[0]) != self.size: frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        "Finish the file; an `OSError` if it is missing or empty afterwards (OpenCV reports write errors no other way)."
+        if self._writer is None: return
+        self._writer.release(); self._writer = None
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            raise OSError(errno.EIO, f"the video is missing or empty after writing {self.frames} frames", str(self.path))
 
 # %% ../nbs/10_predict.ipynb
 def class_color(label: int) -> tuple[int, int, int]:
@@ -210,27 +371,305 @@ def draw_detections(image, detections, class_names=None, line_width: int | None 
     return img
 
 # %% ../nbs/10_predict.ipynb
-def add_model_args(p: argparse.ArgumentParser):
+def _clipped_boxes(det: Detections) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    "Boxes `[n, 4]` clipped to the image, with their labels and names; boxes with no area inside it are dropped."
+    b = np.asarray(det.boxes, np.float64).reshape(-1, 4).copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, det.width); b[:, [1, 3]] = b[:, [1, 3]].clip(0, det.height)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return b[keep], np.asarray(det.labels)[keep], [n for n, k in zip(det.names, keep) if k]
+
+def yolo_txt(det: Detections) -> str:
+    "YOLO label text of `det`: a `class cx cy w h` line per box, normalized by the image's width and height."
+    boxes, labels, _ = _clipped_boxes(det)
+    file = Path(det.file or "image")
+    return voc_to_yolo_text(Annotation(file.stem, file, det.width, det.height, boxes, labels, None, None))
+
+def voc_xml(det: Detections, filename: str) -> str:
+    "A Pascal VOC annotation of `det` for the image `filename`: `<size>` and 1-based inclusive integer boxes."
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "yolo_voc"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for tag, v in (("width", det.width), ("height", det.height), ("depth", 3)): ET.SubElement(size, tag).text = str(v)
+    ET.SubElement(root, "segmented").text = "0"
+    boxes, _, names = _clipped_boxes(det)
+    for (x1, y1, x2, y2), name in zip(boxes, names):
+        xmin, ymin = min(round(x1) + 1, det.width), min(round(y1) + 1, det.height)
+        xmax, ymax = max(round(x2), xmin), max(round(y2), ymin)
+        obj = ET.SubElement(root, "object")
+        for tag, v in (("name", name), ("pose", "Unspecified"), ("truncated", "0"), ("difficult", "0")): ET.SubElement(obj, tag).text = v
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax)): ET.SubElement(bndbox, tag).text = str(v)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+# %% ../nbs/10_predict.ipynb
+class OutputError(OSError):
+    "An output that can't be written (`--out` is a file, a folder can't be made, the disk is full); the message names the path."
+
+class UnsafeOutputError(ValueError):
+    "An `--out` that would mix with the inputs or with earlier results; the message says how to allow it."
+
+def _resolved(path) -> Path | None:
+    "`path` made absolute with links followed, or None when it can't be (a link loop)."
+    try: return Path(path).resolve()
+    except (OSError, RuntimeError): return None
+
+def _overlap(out: Path, source: Path) -> str | None:
+    "How the resolved `out` overlaps the resolved input `source`, or None."
+    if out == source: return f"is the input {'folder' if source.is_dir() else 'file'} {source}"
+    if source in out.parents: return f"lies inside the input folder {source}"
+    if out in source.parents: return f"holds the input {source}"
+    return None
+
+def _earlier_files(out: Path) -> list[str]:
+    "The entries of `out` and of its `labels` and `Annotations` folders, relative to `out`, sorted."
+    if not out.is_dir(): return []
+    try:
+        found = [p.name for p in out.iterdir()]
+        for sub in ("labels", "Annotations"):
+            if (out / sub).is_dir(): found += [f"{sub}/{p.name}" for p in (out / sub).iterdir()]
+    except OSError as e: raise OutputError(f"{out}: cannot list the folder ({e.strerror or e})") from None
+    return sorted(found)
+
+def check_output(out, # the output folder
+                 sources, # the inputs: paths, folders (others are ignored)
+                 exist_ok: bool = False, # allow a non-empty `out` (same names are replaced)
+                 allow_input_overlap: bool = False, # allow `out` to be, lie in or hold an input (inputs are still never written)
+                ) -> list[str]:
+    "Refuse an `out` that is a file, overlaps an input or holds files; return the entries already in it."
+    out = Path(out)
+    o = _resolved(out)
+    if o is None: raise OutputError(f"{out}: cannot be resolved (a symbolic link loop?)")
+    if out.exists() and not out.is_dir(): raise OutputError(f"{out}: exists and is not a folder")
+    if not allow_input_overlap:
+        for s in sources if isinstance(sources, (list, tuple)) else [sources]:
+            if not isinstance(s, (str, os.PathLike)) or (r := _resolved(s)) is None: continue
+            if how := _overlap(o, r):
+                raise UnsafeOutputError(f"{out}: {how}; choose another --out, or pass --allow-input-overlap "
+                                        "(input files are never written over)")
+    earlier = _earlier_files(out)
+    if earlier and not exist_ok:
+        raise UnsafeOutputError(f"{out}: is not empty ({len(earlier)} entries, e.g. {earlier[0]}); choose a new folder, "
+                                "or pass --exist-ok to write into it (files of the same names are replaced)")
+    return earlier
+
+# %% ../nbs/10_predict.ipynb
+@dataclass
+class PredictSummary:
+    "What `predict_to_folder` did: images (video frames included) and detections written, unreadable inputs, earlier files left."
+    out: Path
+    images: int = 0
+    detections: int = 0
+    errors: list = field(default_factory=list)
+    earlier_files: list = field(default_factory=list)
+
+_DRAWN_AS_IS = (".jpg", ".jpeg", ".png", ".bmp")
+
+class _Run:
+    "The files of one `predict_to_folder` run: names that never repeat or hit an input, the JSON Lines log, the records."
+    def __init__(self, out: Path, sources: list, save_txt: bool, save_xml: bool, log: Callable[[str], None]):
+        self.out, self.save_txt, self.save_xml, self.log = out, save_txt, save_xml, log
+        o = _resolved(out)
+        inputs = [r for s in sources if isinstance(s, (str, os.PathLike)) and (r := _resolved(s)) is not None]
+        self.reserved = {"predictions.json", "predictions.jsonl"} | {r.name.lower() for r in inputs if r.parent == o}
+        if out.is_dir():  # with allow_input_overlap, the images of an input folder that is `out` itself
+            self.reserved |= {r.name.lower() for f in inputs if f == o for r in f.iterdir()}
+        self.stems, self.written, self.records, self.errors, self.lines = set(), set(), [], [], None
+        self.summary = PredictSummary(out)
+
+    def name(self, stem: str, suffix: str) -> str:
+        "A new output name `stem[_k]suffix`: its stem unused in this run (any case), and not an input's name."
+        new, k = stem, 0
+        while new.lower() in self.stems or (new + suffix).lower() in self.reserved: k += 1; new = f"{stem}_{k}"
+        self.stems.add(new.lower())
+        return new + suffix
+
+    def write(self, rel: str, write: Callable[[Path], object]) -> None:
+        "Call `write(path)` for `out/rel`; an `OutputError` naming the file when the file system refuses."
+        path = self.out / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+        except OSError as e:
+            raise OutputError(f"{e.filename or path}: {e.strerror or e}") from None
+        self.written.add(rel)
+
+    def line(self, record: dict) -> None:
+        "Append `record` to predictions.jsonl, flushed, so that it survives whatever happens next."
+        try:
+            if self.lines is None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.lines = open(self.out / "predictions.jsonl", "w", encoding="utf-8")
+                self.written.add("predictions.jsonl")
+            self.lines.write(json.dumps(record, allow_nan=False) + "\n")
+            self.lines.flush()
+        except OSError as e: raise OutputError(f"{self.out / 'predictions.jsonl'}: {e.strerror or e}") from None
+
+    def error(self, entry: dict) -> None:
+        self.errors.append(entry); self.line(entry); self.log(f"skipped {entry['error']}")
+
+    def detections(self, d: Detections, drawing: Image.Image | None, output: str, stem: str, **extra) -> None:
+        "Write the drawing and label files of one image or frame, then its record."
+        if drawing is not None:
+            self.write(output, lambda p: drawing.save(p, **({"quality": 95} if p.suffix.lower() in (".jpg", ".jpeg") else {})))
+        if len(d) and self.save_txt: self.write(f"labels/{stem}.txt", lambda p: p.write_text(yolo_txt(d)))
+        if len(d) and self.save_xml:
+            image_name = Path(d.file).name if d.file and "frame" not in extra else stem + ".jpg"
+            self.write(f"Annotations/{stem}.xml", lambda p: p.write_text(voc_xml(d, image_name), encoding="utf-8"))
+        record = dict(d.to_dict(), output=output, **extra)
+        self.records.append(record); self.line(record)
+        self.summary.images += 1; self.summary.detections += len(d)
+
+    def close(self) -> None:
+        "Close predictions.jsonl (an `OutputError` when its last bytes can't be written)."
+        lines, self.lines = self.lines, None
+        if lines is None: return
+        try: lines.close()
+        except OSError as e: raise OutputError(f"{self.out / 'predictions.jsonl'}: {e.strerror or e}") from None
+
+    def finish(self, result: dict) -> None:
+        "Close predictions.jsonl and write predictions.json atomically (`result` plus the records and errors)."
+        self.close()
+        text = json.dumps(dict(result, images=self.records, errors=self.errors), indent=1, allow_nan=False)
+        self.write("predictions.json", lambda p: atomic_write(p, lambda t: t.write_text(text)))
+
+def _read_all(paths) -> Iterator[tuple]:
+    "`(path, image or the ImageReadError, None)` for each of `paths`, read one at a time."
+    for p in paths:
+        try: yield p, load_image(p), None
+        except ImageReadError as e: yield p, e, None
+
+def predict_to_folder(detector: Detector, sources, # images, videos and folders of them
+                      out, # the output folder: new or empty, unless `exist_ok`
+                      conf: float = 0.25, iou: float = 0.45, batch_size: int = 16, max_detections: int = 100,
+                      exist_ok: bool = False, # write into a non-empty `out` (same names are replaced)
+                      allow_input_overlap: bool = False, # let `out` be, lie in or hold an input (never written over)
+                      save_txt: bool = False, # also write YOLO text labels/<name>.txt
+                      save_xml: bool = False, # also write VOC XML Annotations/<name>.xml
+                      save_video: bool = False, # write a folder's frames as one <folder>.avi, not a drawing each
+                      fps: float = 25.0, # frame rate of those videos (a video file keeps its own)
+                      log: Callable[[str], None] | None = None, # called with a line per skipped input or warning
+                     ) -> PredictSummary:
+    "Detect objects in `sources` and write drawings, predictions.jsonl (as it goes) and predictions.json into `out`."
+    check_predict_options(conf, iou, batch_size, max_detections, fps=fps)
+    sources, out, log = list(sources) if isinstance(sources, (list, tuple)) else [sources], Path(out), log or (lambda m: None)
+    earlier = check_output(out, sources, exist_ok, allow_input_overlap)
+    run = _Run(out, sources, save_txt, save_xml, log)
+    header = dict(checkpoint=detector.source, settings=dict(
+        conf=conf, iou=iou, max_detections=max_detections, batch_size=batch_size, image_size=detector.image_size,
+        device=str(detector.device), class_names=detector.class_names))
+
+    def detect(items, video: VideoWriter | None = None, frame_stem: Callable[[object, int], str] | None = None):
+        "Detect in `(item, image or ImageReadError, frame)` triples, a batch at a time; write drawings or video frames."
+        batch, items = [], iter(items)
+        while True:
+            entry = next(items, None)
+            if entry is not None:
+                item, img, frame = entry
+                if isinstance(img, ImageReadError): run.error(dict(file=_name(item), error=str(img))); continue
+                batch.append(entry)
+                if len(batch) < batch_size: continue
+            if not batch: return
+            dets = detector.predict([img for _, img, _ in batch], conf, iou, batch_size, max_detections)
+            for (item, img, frame), d in zip(batch, dets):
+                d.file = _name(item)
+                if video is None:
+                    suffix = Path(item).suffix.lower() if d.file else ".png"
+                    name = run.name(Path(item).stem if d.file else "image", suffix if suffix in _DRAWN_AS_IS else ".png")
+                    run.detections(d, draw_detections(img, d), name, Path(name).stem)
+                else:
+                    run.write(video.path.name, lambda p: video.write(np.asarray(draw_detections(img, d))))
+                    run.detections(d, None, video.path.name, run.name(frame_stem(item, frame), ""), frame=frame)
+            batch = []
+            if entry is None: return
+
+    def as_video(name: str, rate: float, items, frame_stem) -> None:
+        "Detect in `items` and write the drawn frames to `out/name` (MJPG .avi at `rate`)."
+        writer = VideoWriter(out / name, rate)
+        detect(items, writer, frame_stem)
+        run.write(name, lambda p: writer.close())
+
+    try:
+        for source in sources:
+            skipped = []
+            items = list_images(source, skipped)
+            for e in skipped: run.error(e)
+            if save_video and isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+                frames = [p for p in items if not is_video(p)]
+                if frames:
+                    as_video(run.name(_resolved(source).name or "frames", ".avi"), fps,
+                             ((p, img, i) for i, (p, img, _) in enumerate(_read_all(frames))), lambda item, i: Path(item).stem)
+                items = [p for p in items if is_video(p)]
+            pending = []
+            for item in items + [None]:  # None: the end of this source, which flushes the last images
+                if item is not None and not is_video(item): pending.append(item); continue
+                detect(_read_all(pending)); pending = []
+                if item is None: break
+                try: video = Video.open(item)
+                except ImageReadError as e: run.error(dict(file=str(item), error=str(e))); continue
+                name = run.name(Path(item).stem, ".avi")
+                before = run.summary.images
+                as_video(name, video.fps, ((item, f, i) for i, f in enumerate(video)),
+                         lambda item, i, stem=Path(name).stem: f"{stem}_{i:06d}")
+                if run.summary.images == before: run.error(dict(file=str(item), error=f"{item}: no frame could be decoded"))
+        left = [f for f in earlier if f not in run.written and f.lower() not in run.reserved]
+        if left: log(f"{out}: {len(left)} entries from earlier runs are left there, listed in predictions.json 'earlier_files' (e.g. {left[0]})")
+        run.finish(dict(header, earlier_files=left))
+    except OSError as e:  # an OutputError, or an OSError from a writer not wrapped by `run.write`
+        message = str(e) if isinstance(e, OutputError) else f"{e.filename or out}: {e.strerror or e}"
+        try: run.close()
+        except OSError: pass
+        try: run.finish(dict(header, stopped=message))  # often possible: a file too large, a folder refused
+        except OSError: pass
+        raise OutputError(f"{message} (stopped after {run.summary.images} images; their results are in "
+                          f"{out / 'predictions.jsonl'})") from None
+    run.summary.errors, run.summary.earlier_files = run.errors, left
+    return run.summary
+
+# %% ../nbs/10_predict.ipynb
+def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
     "Add `--ckpt`, `--device` and `--unsafe-load` (the options every command that loads a model has)."
-    p.add_argument("--ckpt", required=True, help="Lightning .ckpt or yolo_voc weights file")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file or Darknet .weights file")
+    p.add_argument("--device", default=default_device,
+                   help=f"torch device: auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:1... (default: {default_device})")
     p.add_argument("--unsafe-load", action="store_true",
                    help="load with torch.load(weights_only=False): only for checkpoints you trust")
 
+PREDICT_EPILOG = """output: OUT must be new or empty, unless --exist-ok (same names are then replaced, and files left from
+earlier runs are listed in predictions.json 'earlier_files'); OUT may not be, lie inside or hold an input
+unless --allow-input-overlap, and input files are never written over. Results are appended to
+OUT/predictions.jsonl image by image and OUT/predictions.json is written at the end.
+
+exit status:
+  0  at least one image was processed (unreadable files are reported on stderr and in 'errors')
+  1  no image could be processed
+  2  bad command line, option or checkpoint, or an unsafe OUT refused (nothing written)
+  3  an output could not be written (the message names the path; the results so far are in predictions.jsonl)"""
+
 def predict_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc predict`."
-    p = argparse.ArgumentParser(prog="yolo-voc predict", description="Detect objects in images and folders: "
-                                "write each image with its boxes and one predictions.json.",
-                                epilog="Exit status: 0 when at least one image was processed (unreadable files are "
-                                "reported on stderr and in predictions.json 'errors'), 1 when none could be, "
-                                "2 for a bad command line or checkpoint.")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
-    add_model_args(p)
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p = argparse.ArgumentParser(prog="yolo-voc predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Detect objects in images, videos and folders of them: write each image with "
+                                "its boxes drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.",
+                                epilog=PREDICT_EPILOG)
+    p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER", help="image or video files and/or folders of them")
+    add_model_args(p, default_device="auto")
+    p.add_argument("--out", required=True, help="output folder, new or empty (created)")
+    p.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
+    p.add_argument("--allow-input-overlap", action="store_true",
+                   help="let --out be, lie inside or hold an input (input files are still never written over)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold in [0, 1] (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold in [0, 1] (default 0.45)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--max-detections", type=int, default=100, help="per image (default 100)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size, a multiple of 32 (default: the checkpoint's; 416 for Darknet .weights)")
+    p.add_argument("--save-txt", action="store_true", help="also write YOLO labels OUT/labels/<name>.txt ('class cx cy w h')")
+    p.add_argument("--save-xml", action="store_true", help="also write VOC annotations OUT/Annotations/<name>.xml")
+    p.add_argument("--save-video", action="store_true",
+                   help="write each input folder's frames (in name order) as one annotated OUT/<folder>.avi")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video videos (default 25)")
     return p
 
 def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
@@ -238,42 +677,22 @@ def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace
     try: return parser.parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
 
-def _unique_name(name: str, used: set) -> str:
-    stem, suffix = os.path.splitext(name)
-    out, k = name, 0
-    while out.lower() in used: k += 1; out = f"{stem}_{k}{suffix}"
-    used.add(out.lower())
-    return out
-
 def predict_main(argv: list[str] | None = None) -> int:
-    "`yolo-voc predict`: draw and save detections for images and folders; see `predict_parser`."
+    "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
     args = parse_or_status(predict_parser(), argv)
     if isinstance(args, int): return args
-    prog = "yolo-voc predict"
-    try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
-    except (FileNotFoundError, CheckpointError) as e:
-        print(f"{prog}: {e}", file=sys.stderr); return 2
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    items, records, errors, used = list_images(args.images), [], [], {"predictions.json"}
-    for start in range(0, len(items), args.batch_size):
-        chunk = []
-        for item in items[start:start + args.batch_size]:
-            try: chunk.append((item, load_image(item)))
-            except ImageReadError as e:
-                errors.append(dict(file=str(item), error=str(e))); print(f"{prog}: skipped {e}", file=sys.stderr)
-        if not chunk: continue
-        dets = detector.predict([img for _, img in chunk], conf=args.conf, iou=args.iou,
-                                batch_size=args.batch_size, max_detections=args.max_detections)
-        for (item, img), d in zip(chunk, dets):
-            d.file = str(item)
-            name = Path(item).name if Path(item).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") else Path(item).stem + ".png"
-            name = _unique_name(name, used)
-            draw_detections(img, d).save(out / name, **({"quality": 95} if name.lower().endswith((".jpg", ".jpeg")) else {}))
-            records.append(dict(d.to_dict(), output=name))
-    result = dict(checkpoint=str(args.ckpt), settings=dict(conf=args.conf, iou=args.iou, max_detections=args.max_detections,
-                  image_size=detector.image_size, class_names=detector.class_names), images=records, errors=errors)
-    atomic_write(out / "predictions.json", lambda p: p.write_text(json.dumps(result, indent=1)))
-    n = sum(len(r["detections"]) for r in records)
-    print(f"{len(records)} images, {n} detections, {len(errors)} errors -> {out / 'predictions.json'}")
-    if not records: print(f"{prog}: no image could be processed", file=sys.stderr)
-    return 0 if records else 1
+    def fail(message, status: int) -> int:
+        print(f"yolo-voc predict: {message}", file=sys.stderr); return status
+    try:
+        check_predict_options(args.conf, args.iou, args.batch_size, args.max_detections, args.image_size, args.fps)
+        device = resolve_device(args.device)
+        check_output(args.out, args.images, args.exist_ok, args.allow_input_overlap)  # before the model loads
+        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size)
+        summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
+                                    args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
+                                    args.fps, log=lambda m: print(f"yolo-voc predict: {m}", file=sys.stderr))
+    except OutputError as e: return fail(e, 3)
+    except (FileNotFoundError, CheckpointError, UnsafeOutputError, ValueError) as e: return fail(e, 2)
+    print(f"{summary.images} images, {summary.detections} detections, {len(summary.errors)} errors -> "
+          f"{Path(args.out) / 'predictions.json'}")
+    return 0 if summary.images else fail("no image could be processed", 1)
