@@ -35,7 +35,6 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE_NAME = "yolo_voc"
 _DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
 _EXPORT = {"export", "exports", "exporti"}
 
@@ -256,6 +255,8 @@ def _html_cell(text: str, blocks: list[str]) -> nbformat.NotebookNode:
 def prepare(page: Page, lib: Path, api: dict[str, list[str]]) -> tuple[nbformat.NotebookNode, list[str], list[str]]:
     "The notebook as the page shows it (hidden cells dropped, directives stripped), its documented names and HTML blocks."
     nb = nbformat.from_dict(page.nb)
+    for i, cell in enumerate(nb.cells):  # nbdev_clean drops cell ids; nbformat's validation wants them
+        cell.setdefault("id", f"cell-{i}")
     cells, documented, html_blocks = [], [], []
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -313,7 +314,14 @@ def api_section(page: Page, lib: Path, names: list[str], documented: list[str], 
 _HEADING = re.compile(r'<h2 id="([^"]+)">(.*?)(?:<a class="anchor-link"[^>]*>.*?</a>)?</h2>', re.S)
 
 
-def sidebar(pages: list[Page], current: Page, body: str) -> str:
+def site_title(nbs: Path, lib: Path) -> str:
+    "The website title of `nbs/nbdev.yml` (the Quarto site's), else the library's name."
+    yml = nbs / "nbdev.yml"
+    m = re.search(r'^\s*title:\s*"?([^"\n]+?)"?\s*$', yml.read_text(), re.M) if yml.exists() else None
+    return m.group(1) if m else lib.name
+
+
+def sidebar(pages: list[Page], current: Page, body: str, title: str) -> str:
     "Navigation: every page in order; under the current one, its sections."
     items = []
     for p in pages:
@@ -324,7 +332,7 @@ def sidebar(pages: list[Page], current: Page, body: str) -> str:
             if subs:
                 item += "<ul>" + "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in subs) + "</ul>"
         items.append(item + "</li>")
-    return (f'<nav class="sidebar"><a class="brand" href="index.html">{SITE_NAME}</a>'
+    return (f'<nav class="sidebar"><a class="brand" href="index.html">{html.escape(title)}</a>'
             f'<ul class="pages">{"".join(items)}</ul></nav>')
 
 
@@ -441,35 +449,46 @@ def build(nbs: Path = ROOT / "nbs", lib: Path = ROOT / "yolo_voc", out: Path = R
     symbols.update({n: t[0] for n, t in seen.items() if len(t) == 1})
     symbols.update({p.nb_path.stem: p.out_name for p in pages if p.out_name != "index.html"})
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     exporter = HTMLExporter(template_name="basic", exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.log.setLevel("ERROR")  # not the warning about output pictures without alt text
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"},
                                                          remove_all_outputs_tags={"remove_output"}), enabled=True)
+    title = site_title(nbs, lib)
     style = CSS + HtmlFormatter(style="friendly").get_style_defs(".highlight")
-    written = []
-    for p in pages:
-        nb, documented, html_blocks = prepared[p.out_name]
-        try:
-            body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": p.nb_path.stem}})
-        except Exception as e:
-            raise DocsError(f"{p.nb_path}: nbconvert could not render it ({type(e).__name__}: {e})") from e
-        body = re.sub(r"<p>DOCSBLOCK(\d+)X</p>", lambda m: html_blocks[int(m.group(1))], body)
-        if p.module:
-            body += api_section(p, lib, api[p.module], documented, mod_defs[p.module])
-        body = link_names(strip_remote(body), symbols, p.out_name)
-        body = fix_links(body, p.nb_path.parent, out, nbs)
-        source = p.nb_path.relative_to(nbs.parent).as_posix()
-        page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<title>{html.escape(p.title)} – {SITE_NAME}</title><style>{style}</style></head>\n<body>"
-                f"{sidebar(pages, p, body)}\n<main>{body}\n<footer>Generated from <code>{html.escape(source)}</code> "
-                f"by <code>python .ci/docs.py</code>.</footer></main>{_IMAGE_CHECK}</body></html>\n")
-        (out / p.out_name).write_text(page, encoding="utf-8")
-        written.append(out / p.out_name)
-    return written
+    # render every page before touching `out`, so that an error leaves the previous site as it was
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    rendered = []
+    try:
+        for p in pages:
+            nb, documented, html_blocks = prepared[p.out_name]
+            try:
+                body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": p.nb_path.stem}})
+            except Exception as e:
+                raise DocsError(f"{p.nb_path}: nbconvert could not render it ({type(e).__name__}: {e})") from e
+            body = re.sub(r"<p>DOCSBLOCK(\d+)X</p>", lambda m: html_blocks[int(m.group(1))], body)
+            if p.module:
+                body += api_section(p, lib, api[p.module], documented, mod_defs[p.module])
+            body = link_names(strip_remote(body), symbols, p.out_name)
+            body = fix_links(body, p.nb_path.parent, staging, nbs)
+            source = p.nb_path.relative_to(nbs.parent).as_posix()
+            page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                    f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+                    f"<title>{html.escape(p.title)} – {html.escape(title)}</title><style>{style}</style></head>\n<body>"
+                    f"{sidebar(pages, p, body, title)}\n<main>{body}\n<footer>Generated from <code>{html.escape(source)}</code> "
+                    f"by <code>python .ci/docs.py</code>.</footer></main>{_IMAGE_CHECK}</body></html>\n")
+            rendered.append((p.out_name, page))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name, page in rendered:
+        (staging / name).write_text(page, encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return [out / name for name, _ in rendered]
 
 
 def execute_notebook(path: Path, timeout: int = 600) -> int:
@@ -490,6 +509,24 @@ def execute_notebook(path: Path, timeout: int = 600) -> int:
     return sum(c.cell_type == "code" for c in nb.cells) - len(skipped)
 
 
+def screenshots(site: Path, dest: Path, page: str = "00_boxes.html", chromium: str = "/usr/bin/chromium") -> list[Path]:
+    "Screenshots (1200 x 900) of the site's index and of `page` scrolled to its first picture, with Playwright."
+    from playwright.sync_api import sync_playwright
+    dest.mkdir(parents=True, exist_ok=True)
+    shots = [dest / "index.png", dest / page.replace(".html", ".png")]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1200, "height": 900})
+        tab.goto((site / "index.html").as_uri())
+        tab.screenshot(path=str(shots[0]))
+        tab.goto((site / page).as_uri())
+        img = tab.locator("main img").first
+        img.evaluate("e => e.scrollIntoView({block: 'center'})")
+        tab.screenshot(path=str(shots[1]))
+        browser.close()
+    return shots
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--execute", type=Path, nargs="+", metavar="NOTEBOOK",
@@ -497,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="folder of the notebooks")
     ap.add_argument("--lib", type=Path, default=ROOT / "yolo_voc", help="the exported package")
     ap.add_argument("--out", type=Path, default=ROOT / "_docs", help="output folder (replaced)")
+    ap.add_argument("--screenshots", type=Path, metavar="DIR",
+                    help="after building, save screenshots of the index and of 00_boxes (Playwright and Chromium)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.execute:
@@ -511,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     for w in written:
         print(f"  {w.relative_to(args.out.parent) if w.is_relative_to(args.out.parent) else w}")
     print(f"built {len(written)} pages into {args.out} in {time.perf_counter() - t0:.1f} s")
+    if args.screenshots:
+        for shot in screenshots(args.out, args.screenshots):
+            print(f"  screenshot {shot}")
     return 0
 
 

@@ -120,7 +120,7 @@ def test_tiny_site(tiny):
     test_names = [p.name for p in written]
     assert test_names == ["index.html", "00_geo.html"]
     pages = check_site(out)
-    assert pages["00_geo.html"].title == "Geometry – yolo_voc" and pages["index.html"].title == "tinylib – yolo_voc"
+    assert pages["00_geo.html"].title == "Geometry – tinylib" and pages["index.html"].title == "tinylib – tinylib"
     geo = (out / "00_geo.html").read_text()
     # directives are stripped; #| hide cells and the default_exp cell are gone; #| echo: false hides the input only
     assert "#|" not in geo and "#| " not in geo and "SECRET_SETUP" not in geo and "default_exp" not in geo
@@ -146,7 +146,16 @@ def test_tiny_site(tiny):
 
 
 def test_tiny_site_errors(tiny, capsys):
+    "Bad notebooks stop the build with the file and the problem, and leave the previous site as it was."
     nbs, lib, out = tiny
+    docs.build(nbs, lib, out)
+    before = (out / "00_geo.html").read_text()
+    good = (lib / "geo.py").read_text()
+    (lib / "geo.py").write_text(good.replace("'Box'", "'Box', 'Circle'"))
+    with pytest.raises(docs.DocsError, match=r"geo\.py: __all__ names 'Circle', which it does not define"):
+        docs.build(nbs, lib, out)
+    assert (out / "00_geo.html").read_text() == before and not (out.parent / "_docs.partial").exists()
+    (lib / "geo.py").write_text(good)
     nb = nbformat.read(nbs / "00_geo.ipynb", as_version=4)
     nb.cells = [new_markdown_cell("No heading here.")] + [c for c in nb.cells if c.cell_type == "code"]
     nbformat.write(nb, nbs / "00_geo.ipynb")
@@ -171,7 +180,9 @@ def test_split_directives():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    "The real site, built by the documented command."
+    "The real site, built by the documented command (or, with YOLO_VOC_DOCS_SITE=_docs, the one CI just built)."
+    if os.environ.get("YOLO_VOC_DOCS_SITE"):
+        return ROOT / os.environ["YOLO_VOC_DOCS_SITE"]
     out = tmp_path_factory.mktemp("site") / "_docs"
     r = subprocess.run([sys.executable, str(DOCS), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
