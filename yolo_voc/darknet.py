@@ -217,7 +217,9 @@ def _take(data: np.ndarray, at: int, like: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.from_numpy(data[at:at + n].copy()).view(like.shape), at + n
 
 @torch.no_grad()
-def load_darknet(model: YOLOv3, path: str | os.PathLike) -> DarknetInfo:
+def load_darknet(model: YOLOv3, # a Darknet-53 YOLOv3 of any width, depth and class count; changed in place
+                 path: str | os.PathLike, # a full YOLOv3 file (any class count) or a backbone-only file of that shape
+                ) -> DarknetInfo:
     "Read a Darknet `.weights` file (full YOLOv3 or backbone only) into a Darknet-53 `model` in place."
     path = Path(path)
     convs = darknet_convs(model)
@@ -260,8 +262,12 @@ def _conv_floats(c: DarknetConv) -> list[torch.Tensor]:
     back = torch.argsort(darknet_row_order(p.num_classes, p.num_anchors).to(bias.device))  # Darknet row r is model row back[r]
     return [bias[back], weight[back]]
 
-def save_darknet(model: YOLOv3, path: str | os.PathLike, backbone_only: bool = False, seen: int = 0,
-                 version: tuple[int, int, int] = (0, 2, 0)) -> Path:
+def save_darknet(model: YOLOv3, # a Darknet-53 YOLOv3
+                 path: str | os.PathLike, # the `.weights` file to write (replaced only when complete)
+                 backbone_only: bool = False, # write only the 52 backbone convolutions (a `darknet53.conv.74`)
+                 seen: int = 0, # images seen in training, for the header
+                 version: tuple[int, int, int] = (0, 2, 0), # header version; before 0.2 `seen` is an int32
+                ) -> Path:
     "Write `model` as a Darknet `.weights` file (all of it, or the 52 backbone convolutions), atomically."
     path, convs = Path(path), darknet_convs(model)
     if backbone_only: convs = [c for c in convs if c.backbone]
@@ -281,7 +287,10 @@ def darknet_class_names(num_classes: int) -> list[str]:
     if num_classes == len(VOC_CLASSES): return list(VOC_CLASSES)
     return [str(i) for i in range(num_classes)]
 
-def model_from_darknet(path: str | os.PathLike, width_mult: float = 1.0, depth_mult: float = 1.0) -> tuple[YOLOv3, list[str]]:
+def model_from_darknet(path: str | os.PathLike, # a full YOLOv3 `.weights` file
+                       width_mult: float = 1.0, # the model's width multiplier (Darknet's own files: 1.0)
+                       depth_mult: float = 1.0, # its depth multiplier
+                      ) -> tuple[YOLOv3, list[str]]:
     "A `YOLOv3` sized by a full Darknet `.weights` file (class count from its size), loaded, and its class names."
     layout = darknet_layout(path, width_mult, depth_mult)
     if layout.kind == "backbone":
