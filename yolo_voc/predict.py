@@ -492,6 +492,8 @@ class _Run:
             path.parent.mkdir(parents=True, exist_ok=True)
             write(path)
         except OSError as e:
+            try: path.unlink(missing_ok=True)  # a partial file must not pass for a result (never an input: see `name`)
+            except OSError: pass
             raise OutputError(f"{e.filename or path}: {e.strerror or e}") from None
         self.written.add(rel)
 
@@ -555,6 +557,8 @@ def predict_to_folder(detector: Detector, sources, # images, videos and folders 
     check_predict_options(conf, iou, batch_size, max_detections, fps=fps)
     sources, out, log = list(sources) if isinstance(sources, (list, tuple)) else [sources], Path(out), log or (lambda m: None)
     earlier = check_output(out, sources, exist_ok, allow_input_overlap)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise OutputError(f"{out}: cannot create the folder ({e.strerror or e})") from None
     run = _Run(out, sources, save_txt, save_xml, log)
     header = dict(checkpoint=detector.source, settings=dict(
         conf=conf, iou=iou, max_detections=max_detections, batch_size=batch_size, image_size=detector.image_size,
