@@ -1,5 +1,5 @@
-"""Tests of yolo_voc.predict: checkpoint formats and errors, predictions in original pixels, the `predict` and
-`export` commands (bad files, exit codes), ONNX / TorchScript against eager PyTorch, Grad-CAM."""
+"""Tests of yolo_voc.predict: checkpoint formats and errors, predictions in original pixels, the `predict`
+command (bad files, exit codes), Grad-CAM. The export tests are in tests/test_export.py."""
 import json
 import os
 import shutil
@@ -16,7 +16,6 @@ from PIL import Image
 from yolo_voc.boxes import STRIDES, postprocess, unletterbox_boxes
 from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
-from yolo_voc.export import export_main, export_onnx, export_torchscript
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
 from yolo_voc.predict import Detector, ImageReadError, draw_detections, load_detector, predict_main
 
@@ -247,57 +246,6 @@ def test_predict_console_script(ckpts, images, tmp_path):
                         str(images)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "fake.jpg" in p.stderr and (tmp_path / "o" / "predictions.json").exists()
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_onnx_matches_eager(ckpts, tmp_path, batch):
-    ort = pytest.importorskip("onnxruntime")
-    det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["ckpt"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == ["out_stride32", "out_stride16", "out_stride8"]
-    meta = sess.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["class_names"]) == NAMES and json.loads(meta["image_size"]) == SIZE
-    x = torch.rand(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch))
-    got, ref = sess.run(None, {"images": x.numpy()}), det.forward(x)
-    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
-    print(f"ONNX Runtime vs eager, batch {batch}: max abs diff {diff:.2e}")
-    assert [g.shape for g in got] == [tuple(r.shape) for r in ref]
-    assert diff < 1e-3
-
-
-def test_onnx_dynamic_hw(ckpts, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    det = load_detector(ckpts["weights"])
-    export_onnx(det, tmp_path / "m.onnx", dynamic_hw=True)
-    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.rand(2, 3, 96, 160)
-    got, ref = sess.run(None, {"images": x.numpy()}), det.forward(x)
-    assert max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref)) < 1e-3
-    assert got[0].shape == (2, 3, 3, 5, 8)
-
-
-def test_torchscript_matches_eager(ckpts, tmp_path):
-    det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
-    extra = {"yolo_voc.json": ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the TorchScript loader
-        ts = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
-    assert json.loads(extra["yolo_voc.json"])["class_names"] == NAMES
-    for batch in (1, 3):
-        x = torch.rand(batch, 3, SIZE, SIZE)
-        with torch.no_grad():
-            got = ts(x)
-        for g, r in zip(got, det.forward(x)):
-            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
-
-
-def test_export_command_errors(tmp_path, capsys):
-    assert export_main(["--ckpt", str(tmp_path / "no.ckpt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "no.ckpt: no such checkpoint file" in capsys.readouterr().err
-    assert export_main(["--ckpt", "x", "--format", "tflite", "--out", "y"]) == 2
-    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_gradcam(ckpts, images):
