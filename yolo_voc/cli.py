@@ -15,8 +15,7 @@ from typing import Callable, Sequence
 import yolo_voc
 
 # %% auto 0
-__all__ = ['COMMANDS', 'SUMMARY_KEYS', 'main', 'synth', 'check', 'cpu_defaults', 'cuda_defaults', 'stage_metrics', 'format_table',
-           'write_summary', 'train_main', 'fit', 'validate', 'test', 'lr_find']
+__all__ = ['COMMANDS', 'main', 'synth', 'check', 'download', 'train_command', 'lr_find']
 
 # %% ../nbs/11_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -60,7 +59,7 @@ def _image_size(s: str) -> tuple[int, int]:
 def synth(argv: list[str]) -> int:
     "Write a synthetic VOCdevkit of coloured shapes: OUT/VOCdevkit/VOC2007."
     from yolo_voc.boxes import VOC_CLASSES
-    from yolo_voc.voc import make_synthetic_voc
+    from yolo_voc.synthetic import make_synthetic_voc
     p = argparse.ArgumentParser(prog="yolo-voc synth", description=synth.__doc__)
     p.add_argument("out", type=Path, help="folder to write VOCdevkit/ into")
     p.add_argument("--images", type=int, default=200, help="number of images (default: 200)")
@@ -81,10 +80,8 @@ def synth(argv: list[str]) -> int:
 COMMANDS["synth"] = synth
 
 # %% ../nbs/11_cli.ipynb
-def _class_names(s: str | None) -> tuple[str, ...]:
-    "Class names from a comma-separated list or a file with one per line (None: the 20 VOC classes)."
-    from yolo_voc.boxes import VOC_CLASSES
-    if s is None: return VOC_CLASSES
+def _class_names(s: str) -> tuple[str, ...]:
+    "Class names from a comma-separated list or a file with one per line."
     names = Path(s).read_text().split() if Path(s).is_file() else s.split(",")
     names = tuple(n.strip() for n in names if n.strip())
     if not names: raise argparse.ArgumentTypeError(f"{s!r}: no class names")
@@ -92,23 +89,24 @@ def _class_names(s: str | None) -> tuple[str, ...]:
 
 def check(argv: list[str]) -> int:
     "Check a dataset (VOCdevkit or Kaggle layout): counts, and every problem with its file."
-    from yolo_voc.voc import CheckReport, DatasetError, Problem, check_dataset, find_dataset
+    from yolo_voc.voc import CheckReport, DatasetError, Problem, check_dataset, dataset_class_names, find_dataset
     p = argparse.ArgumentParser(prog="yolo-voc check", description=check.__doc__)
     p.add_argument("data", type=Path, help="the folder holding VOCdevkit, VOCdevkit, VOC2007, or a Kaggle folder")
     p.add_argument("--split", default=None,
                    help="e.g. trainval, 2007-test, 2007-trainval+2012-trainval (default: every split file)")
     p.add_argument("--classes", default=None, metavar="NAMES|FILE",
-                   help="class names, comma-separated or a file with one per line (default: the 20 VOC classes)")
+                   help="class names, comma-separated or a file with one per line (default: from the data, as fit takes them)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--no-cache", action="store_true", help="do not use or update the check cache")
     a = p.parse_args(argv)
-    try: names = _class_names(a.classes)
+    try: names = _class_names(a.classes) if a.classes else None
     except (argparse.ArgumentTypeError, OSError) as e: p.error(str(e))
     try:
         layout = find_dataset(a.data)
+        names = names or dataset_class_names(a.data, cache=not a.no_cache)
         rep = check_dataset(a.data, a.split, names, cache=not a.no_cache)
     except DatasetError as e:  # not a dataset, or a bad split spec: still one report
-        rep = CheckReport(per_class={n: 0 for n in names},
+        rep = CheckReport(per_class={n: 0 for n in names or ()},
                           problems=e.problems or [Problem(str(a.data), str(e).removeprefix(f"{a.data}: "))])
         layout = None
     if a.json: print(json.dumps(rep.to_dict()))
@@ -122,198 +120,54 @@ def check(argv: list[str]) -> int:
 COMMANDS["check"] = check
 
 # %% ../nbs/11_cli.ipynb
-def _run_dir(trainer_cfg) -> Path:
-    return Path(trainer_cfg.get("default_root_dir") or "runs/yolo_voc")
-
-def cpu_defaults() -> dict:
-    "The embedded default run on a CPU: a narrow YOLOv3 on the synthetic dataset (10 classes), minutes not hours."
-    from yolo_voc.boxes import VOC_CLASSES
-    return {"model.width_mult": 0.25, "model.depth_mult": 0.33, "data.image_size": 192, "data.batch_size": 16,
-            "data.synthetic_images": 800, "data.class_names": list(VOC_CLASSES[:10]), "data.num_workers": 1,
-            "trainer.max_epochs": 12,
-            "model.map_every_n_epochs": 4, "trainer.precision": "32-true", "trainer.log_every_n_steps": 1}
-
-def cuda_defaults() -> dict:
-    "The full YOLOv3-416 in bf16 on a GPU."
-    return {"model.width_mult": 1.0, "model.depth_mult": 1.0, "data.image_size": 416, "data.batch_size": 64,
-            "data.synthetic_images": 2000, "data.num_workers": min(8, os.cpu_count() or 1), "trainer.max_epochs": 40,
-            "model.map_every_n_epochs": 5, "trainer.precision": "bf16-mixed", "model.channels_last": True,
-            "trainer.log_every_n_steps": 25}  # each logged step is one host sync
-
-def _yolo_cli_class():
-    "Build `YoloCLI` (imports Lightning, so only when a training command runs)."
-    import time
-    import torch
-    from pytorch_lightning.cli import LightningCLI
-    from yolo_voc.data import VOCDataModule
-    from yolo_voc.plots import PredictionImages
-    from yolo_voc.train import (AtomicCheckpointIO, RunLogger, YoloModule, check_checkpoint_fits, find_max_lr,
-                                load_checkpoint_file, run_callbacks)
-
-    class YoloCLI(LightningCLI):
-        "LightningCLI for `YoloModule` + `VOCDataModule` with run files, the dataset check, LR finder and resume."
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("seed_everything_default", 0)
-            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-            super().__init__(YoloModule, VOCDataModule, *args, **kwargs)
-
-        def add_arguments_to_parser(self, parser):
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-            parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-            parser.link_arguments("data.image_size", "model.image_size")
-            parser.add_argument("--lr_find_steps", type=int, default=60, help="steps of the LR range test when model.max_lr is not set")
-            defaults = cuda_defaults() if torch.cuda.is_available() else cpu_defaults()
-            defaults["trainer.default_root_dir"] = "runs/yolo_voc"
-            parser.set_defaults(defaults)
-
-        def _parse_ckpt_path(self):
-            # LightningCLI reads the checkpoint's hyperparameters into the config here; check the file first so that a
-            # missing or corrupt checkpoint is a clear error naming it, not a zip-reader traceback
-            sub = self.config.get("subcommand")
-            path = self.config[sub].get("ckpt_path") if sub else None
-            if path and path not in ("last", "best", "hpc", "registry"): load_checkpoint_file(path)
-            super()._parse_ckpt_path()
-
-        def _cfg(self):
-            return self.config[self.subcommand] if self.subcommand else self.config
-
-        def instantiate_trainer(self, **kwargs):
-            cfg = self._get(self.config_init, "trainer", default={})
-            run_dir = _run_dir(cfg)
-            if cfg.get("logger") in (None, True): kwargs["logger"] = RunLogger(run_dir)
-            kwargs["plugins"] = [AtomicCheckpointIO()] + list(cfg.get("plugins") or [])
-            kwargs["callbacks"] = (list(cfg.get("callbacks") or []) + run_callbacks(run_dir)
-                                   + [PredictionImages(run_dir)])
-            return super().instantiate_trainer(**kwargs)
-
-        # -- fit ------------------------------------------------------------------------------------
-        def before_fit(self):
-            self._t0 = time.time()
-            run_dir = Path(self.trainer.default_root_dir)
-            self._check_data(run_dir)
-            ckpt_path = self._cfg().get("ckpt_path")
-            if ckpt_path:
-                path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-                if ckpt_path == "last" and not path.exists():
-                    print(f"yolo-voc fit: no {path} yet: starting a new run", file=sys.stderr)
-                    self._set_ckpt_path(None)
-                else:
-                    self._set_ckpt_path(str(path))
-                    ckpt = load_checkpoint_file(path)  # a clear error for a missing or corrupt file
-                    check_checkpoint_fits(ckpt, self.model, path)
-                    saved = ckpt.get("yolo_voc", {}).get("max_lr")
-                    if self.model.hparams.max_lr is None and saved: self.model.hparams.max_lr = saved
-                    return
-            if self.model.hparams.max_lr is None:
-                self.datamodule.setup("fit")
-                res = find_max_lr(self.model, self.datamodule.train_dataloader(), run_dir,
-                                  num_steps=self._cfg().get("lr_find_steps", 60))
-                self.model.hparams.max_lr = res.suggestion
-                print(f"LR finder: max_lr = {res.suggestion:.3g} ({res.rule} rule; {run_dir / 'lr_find.png'})")
-
-        def _set_ckpt_path(self, value):
-            "The checkpoint `fit` resumes from: an explicit path (or None), never Lightning's own search for 'last'."
-            for cfg in (self.config, self.config_init):
-                (cfg[self.subcommand] if self.subcommand else cfg)["ckpt_path"] = value
-
-        def _check_data(self, run_dir: Path):
-            "Check the dataset before training; refuse bad data unless `skip_bad`, listing what is skipped."
-            from yolo_voc.voc import DatasetError, check_dataset
-            dm = self.datamodule
-            root = dm.dataset_root()
-            problems = []
-            for split in dict.fromkeys([dm.hparams.train_split, dm.hparams.val_split]):
-                problems += check_dataset(root, split, dm.class_names, cache=True).problems
-            if not problems: return
-            listing = "\n".join(f"  {p.file}: {p.problem}" for p in problems)
-            if not dm.hparams.skip_bad:
-                raise DatasetError(f"{root}: {len(problems)} problem(s); fix them, or pass --data.skip_bad true to "
-                                   f"train on the rest (they are then listed in skipped.json):\n{listing}", problems)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "skipped.json").write_text(json.dumps([dict(file=p.file, problem=p.problem) for p in problems], indent=1))
-            print(f"yolo-voc fit: skipping {len(problems)} problem(s), listed in {run_dir / 'skipped.json'}:\n{listing}", file=sys.stderr)
-
-        def after_fit(self):
-            if not self.trainer.is_global_zero: return
-            run_dir = Path(self.trainer.default_root_dir)
-            write_summary(run_dir, self.trainer, time.time() - self._t0)
-
-        def after_validate(self): self._table("val")
-        def after_test(self): self._table("test")
-
-        def _table(self, prefix):
-            if self.trainer.is_global_zero:
-                m = stage_metrics(self.trainer, prefix)
-                print(format_table({k: m[k] for k in SUMMARY_KEYS if k in m}))
-
-    return YoloCLI
-
-#: The metrics `summary.json` and the terminal table report, from the last validation.
-SUMMARY_KEYS = ("map50", "map", "class_accuracy", "noobj_accuracy", "obj_accuracy")
-
-def stage_metrics(trainer, prefix: str) -> dict[str, float]:
-    "The trainer's last `prefix/...` metrics (`val`, `test`) as floats, without the prefix."
-    return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix + "/")}
-
-def format_table(values: dict) -> str:
-    "A two-column text table of `values`."
-    w = max([len(k) for k in values] + [6])
-    lines = [f"{'metric':<{w}}  value", f"{'-' * w}  ------"]
-    lines += [f"{k:<{w}}  {v:.4f}" if isinstance(v, float) else f"{k:<{w}}  {v}" for k, v in values.items()]
-    return "\n".join(lines)
-
-def write_summary(run_dir: Path, trainer, seconds: float) -> dict:
-    "Plots, `summary.json` and the terminal table at the end of `fit`."
-    from yolo_voc.plots import plot_run
-    metrics = stage_metrics(trainer, "val")
-    plots = plot_run(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpts = {name: str(ckpt_dir / f"{name}.ckpt") if (ckpt_dir / f"{name}.ckpt").exists() else None for name in ("last", "best")}
-    summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
-    summary.update(epochs=trainer.current_epoch, seconds=round(seconds, 1),
-                   plots=[str(p) for p in plots] + sorted(str(p) for p in (run_dir / "plots").glob("predictions_*.png")),
-                   checkpoints=ckpts,
-                   run_dir=str(run_dir))
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, run_dir / "summary.json")
-    print(format_table({k: summary[k] for k in SUMMARY_KEYS if summary[k] is not None} |
-                       {"epochs": summary["epochs"], "seconds": summary["seconds"]}))
-    print(f"run directory: {run_dir} (summary.json, plots/, checkpoints/)")
-    return summary
-
-def train_main(subcommand: str):
-    "A `COMMANDS` entry running `LightningCLI` for `subcommand`."
-    def run(argv: list[str]) -> int:
-        args = [subcommand] + list(argv)
-        # from the console script LightningCLI reads sys.argv itself (and warns when given both)
-        _yolo_cli_class()(args=None if sys.argv[1:] == args else args)
-        return 0
-    return run
-
-def fit(argv: list[str]) -> int:
-    "Train (LightningCLI): checks the data, finds max_lr, trains with OneCycleLR; --help for every option."
-    return train_main("fit")(argv)
-
-def validate(argv: list[str]) -> int:
-    "Validate a checkpoint (LightningCLI): --ckpt_path CKPT; accuracies and mAP on the validation split."
-    return train_main("validate")(argv)
-
-def test(argv: list[str]) -> int:
-    "Test a checkpoint (LightningCLI): --ckpt_path CKPT; accuracies and mAP on the test split."
-    return train_main("test")(argv)
-
-def lr_find(argv: list[str]) -> int:
-    "Run the LR range test on the configured model and data; writes lr_find.json/png to the run directory."
-    cli = _yolo_cli_class()(args=list(argv), run=False)
-    from yolo_voc.train import find_max_lr
-    run_dir = Path(cli.trainer.default_root_dir)
-    cli.datamodule.setup("fit")
-    res = find_max_lr(cli.model, cli.datamodule.train_dataloader(), run_dir, num_steps=cli.config.get("lr_find_steps", 60))
-    print(f"suggested max_lr = {res.suggestion:.4g} ({res.rule}); plot: {run_dir / 'lr_find.png'}")
+def download(argv: list[str]) -> int:
+    "Download a dataset: `download voc ROOT` fetches Pascal VOC 2007/2012 into ROOT/VOCdevkit (MD5-checked, resumable)."
+    from yolo_voc.download import DownloadError, download_voc
+    p = argparse.ArgumentParser(prog="yolo-voc download", description=download.__doc__)
+    p.add_argument("dataset", choices=["voc"], help="the dataset: voc (Pascal VOC)")
+    p.add_argument("root", type=Path, help="the folder to put VOCdevkit/ in (created)")
+    p.add_argument("--years", nargs="+", default=["2007", "2012"], choices=["2007", "2012"],
+                   help="2007: VOC2007 trainval + test; 2012: VOC2012 trainval (default: both)")
+    p.add_argument("--base-url", default=None, help="a mirror that serves the official file names")
+    p.add_argument("--no-checksum", action="store_true", help="skip the MD5 check (for repacked mirrors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    try: devkit = download_voc(a.root, a.years, a.base_url, checksum=not a.no_checksum, progress=not a.no_progress)
+    except DownloadError as e:
+        print(f"yolo-voc download: {e}", file=sys.stderr); return 1
+    print(f"Pascal VOC {'+'.join(a.years)} in {devkit}; train with: yolo-voc fit --data.root {a.root}")
     return 0
 
-COMMANDS.update({"fit": fit, "validate": validate, "test": test, "lr-find": lr_find})
+COMMANDS["download"] = download
+
+# %% ../nbs/11_cli.ipynb
+def train_command(subcommand: str, doc: str) -> Callable[[list[str]], int]:
+    "A `COMMANDS` entry running `yolo_voc.train.YoloCLI` for `subcommand`."
+    def run(argv: list[str]) -> int:
+        from yolo_voc.train import YoloCLI
+        args = [subcommand] + list(argv)
+        # from the console script LightningCLI reads sys.argv itself (and warns when given both)
+        YoloCLI(args=None if sys.argv[1:] == args else args)
+        return 0
+    run.__doc__ = doc
+    return run
+
+def lr_find(argv: list[str]) -> int:
+    "Run the LR range test on the configured model and data; writes lr_find.json/png to a run folder."
+    from yolo_voc.train import MaxLRFinder, YoloCLI
+    cli = YoloCLI(args=list(argv), run=False, command="lr-find")
+    finder = next((c for c in cli.trainer.callbacks if isinstance(c, MaxLRFinder)), None)
+    if finder is None:
+        print("yolo-voc lr-find: --model.max_lr is given, so there is nothing to find", file=sys.stderr); return 2
+    cli.trainer.fit(cli.model, cli.datamodule)
+    print(f"suggested max_lr = {finder.result.suggestion:.4g} ({finder.result.rule}); plot: {cli.plan.run_dir}/lr_find.png")
+    return 0
+
+COMMANDS.update({
+    "fit": train_command("fit", "Train (LightningCLI): checks the data, finds max_lr, one cycle then a constant tail; --help for every option."),
+    "validate": train_command("validate", "Validate a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run."),
+    "test": train_command("test", "Test a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run."),
+    "lr-find": lr_find})
 
 # %% ../nbs/11_cli.ipynb
 def _lazy(module: str, name: str, doc: str):

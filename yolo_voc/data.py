@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, cxcywh_to_xyxy, letterbox_params, wh_iou, xyxy_to_cxcywh
 from .transforms import (MULTISCALE_SIZES, decode_factor, eval_transforms, mosaic, multiscale_size, read_checked,
                                  resize_batch, seed_transforms, train_transforms)
-from .voc import DatasetError, load_annotations, make_synthetic_voc
+from .synthetic import make_synthetic_voc
+from .voc import DatasetError, check_dataset, dataset_class_names, load_annotations
 
 # %% auto 0
 __all__ = ['SYNTHETIC_AUGMENT', 'image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset', 'mosaic_fraction',
@@ -281,7 +283,37 @@ def synthetic_dataset(n_images: int = 64, image_size: tuple[int, int] = (320, 24
 SYNTHETIC_AUGMENT: dict[str, Any] = dict(hue=0.0, saturation=0.3, gray_p=0.0, channel_shuffle_p=0.0)
 
 class VOCDataModule(pl.LightningDataModule):
-    "Pascal VOC (or any VOC / YOLO-text layout, or the synthetic set when `root` is None) for Lightning."
+    """Pascal VOC (or any VOC / YOLO-text layout, or the synthetic set when `root` is None) for Lightning.
+
+    Args:
+        root: the dataset folder: the folder holding VOCdevkit, VOCdevkit itself, a VOC2007/VOC2012 folder, a Kaggle
+            YOLO-text folder (or the /kaggle/input folder above it); None trains on the embedded synthetic set.
+        image_size: training and evaluation input size in pixels (a multiple of 32).
+        batch_size: training images per step (per process under DDP).
+        num_workers: DataLoader worker processes (default: min(4, CPU count)).
+        mosaic_prob: fraction of training samples built as a 4-image mosaic.
+        train_split: split(s) to train on, e.g. trainval, 2007-trainval+2012-trainval, train (Kaggle).
+        val_split: split(s) to validate on during fit and in `validate`.
+        test_split: split(s) for `test`.
+        predict_split: split(s) for `predict` (default: test_split).
+        class_names: the classes, in label order; default: from the data (classes.txt, the 20 VOC names for VOC
+            data, else the names in the annotations, sorted; the synthetic set's own names).
+        seed: seed of sampling, augmentation and mosaic (every sample is a function of seed, epoch and index).
+        multiscale: resize each training batch to a seeded size from multiscale_sizes.
+        multiscale_sizes: the sizes multi-scale training draws from.
+        multiscale_every: steps between size changes.
+        skip_bad: train on the rest when the dataset check finds problems (listed in skipped.json).
+        keep_difficult: keep boxes marked difficult in training targets (evaluation ignores them as VOC does).
+        augment: overrides of TrainAugment fields (default: TrainAugment for real data, SYNTHETIC_AUGMENT for the
+            synthetic set).
+        uint8_images: send uint8 images from the workers (converted to float on the device).
+        eval_batch_size: evaluation batch size (default: batch_size).
+        prefetch_factor: batches each worker prepares ahead.
+        pin_memory: pinned host memory for faster copies (default: when CUDA is available).
+        synthetic_images: number of images of the synthetic set (root=None).
+        synthetic_image_size: (width, height) of the synthetic images.
+        synthetic_classes: how many classes the synthetic set draws (the first N VOC names).
+    """
     def __init__(self, root: str | None = None, image_size: int = 416, batch_size: int = 16,
                  num_workers: int | None = None, mosaic_prob: float = 0.75, train_split: str = "trainval",
                  val_split: str = "test", test_split: str = "test", predict_split: str | None = None,
@@ -290,27 +322,35 @@ class VOCDataModule(pl.LightningDataModule):
                  skip_bad: bool = False, keep_difficult: bool = True, augment: dict[str, Any] | None = None,
                  uint8_images: bool = True, eval_batch_size: int | None = None, prefetch_factor: int = 2,
                  pin_memory: bool | None = None, synthetic_images: int = 64,
-                 synthetic_image_size: tuple[int, int] = (320, 240)):
+                 synthetic_image_size: tuple[int, int] = (320, 240), synthetic_classes: int = 20):
         super().__init__()
         self.save_hyperparameters()
+        if not 1 <= synthetic_classes <= len(VOC_CLASSES):
+            raise ValueError(f"synthetic_classes must be 1..{len(VOC_CLASSES)}, not {synthetic_classes}")
         self.root = root
         self.image_size, self.batch_size, self.seed = image_size, batch_size, seed
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.eval_batch_size = eval_batch_size or batch_size
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self._class_names = tuple(class_names) if class_names is not None else VOC_CLASSES
+        self._class_names = tuple(class_names) if class_names is not None else None
         self.train_dataset = self.val_dataset = self.test_dataset = self.predict_dataset = None
+        self.skipped: list | None = None  # the problems `setup("fit")` found (and skip_bad skips)
 
     @property
-    def class_names(self) -> tuple[str, ...]: return self._class_names
+    def class_names(self) -> tuple[str, ...]:
+        "The classes in label order: given, or decided by the data (`voc.dataset_class_names`), never by the machine."
+        if self._class_names is None:
+            self._class_names = (VOC_CLASSES[:self.hparams.synthetic_classes] if self.root is None
+                                 else dataset_class_names(self.root, cache=True))
+        return self._class_names
     @property
-    def num_classes(self) -> int: return len(self._class_names)
+    def num_classes(self) -> int: return len(self.class_names)
 
     def dataset_root(self) -> Path:
         "The dataset folder: `root`, or the cached synthetic dataset (generated if needed)."
         if self.root is not None: return Path(self.root)
         hp = self.hparams
-        return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, self._class_names)
+        return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, VOC_CLASSES[:hp.synthetic_classes])
 
     def augment_params(self) -> dict[str, Any]:
         "The `TrainAugment` overrides in use: `augment`, else `SYNTHETIC_AUGMENT` for the synthetic dataset."
@@ -321,13 +361,33 @@ class VOCDataModule(pl.LightningDataModule):
         if self.root is None: self.dataset_root()  # generated once, on one process
 
     def _annotations(self, split: str):
-        return load_annotations(self.dataset_root(), split=split, class_names=self._class_names, skip_bad=self.hparams.skip_bad)
+        return load_annotations(self.dataset_root(), split=split, class_names=self.class_names, skip_bad=self.hparams.skip_bad)
 
     def _eval_dataset(self, split: str) -> VOCDataset:
         return VOCDataset(self._annotations(split), self.image_size, train=False, seed=self.seed, uint8=self.hparams.uint8_images)
 
+    def check(self, splits: Sequence[str]) -> list:
+        "Every problem of `splits`, each once (`voc.check_dataset`); under DDP checked on rank 0 only and shared."
+        def run():
+            try: rep = check_dataset(self.dataset_root(), list(dict.fromkeys(splits)), self.class_names, cache=True)
+            except DatasetError as e: return list(e.problems), [], str(e)
+            return rep.problems, rep.warnings, None
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1: problems, warned, error = run()
+        else: problems, warned, error = trainer.strategy.broadcast(run() if trainer.is_global_zero else None)
+        if error: raise DatasetError(error, problems)
+        if warned and (trainer is None or trainer.is_global_zero):  # reported; training goes on
+            print(f"dataset warnings ({len(warned)}):\n" + "\n".join(f"  {w.file}: {w.problem}" for w in warned), file=sys.stderr)
+        return problems
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        if stage == "fit" and self.skipped is None:  # the training data is checked before anything is read
+            self.skipped = self.check([hp.train_split, hp.val_split])
+            if self.skipped and not hp.skip_bad:
+                listing = "\n".join(f"  {p.file}: {p.problem}" for p in self.skipped)
+                raise DatasetError(f"{self.dataset_root()}: {len(self.skipped)} problem(s); fix them, or pass --data.skip_bad "
+                                   f"true to train on the rest (they are then listed in skipped.json):\n{listing}", self.skipped)
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = VOCDataset(self._annotations(hp.train_split), self.image_size, train=True,
                                             mosaic_prob=hp.mosaic_prob, seed=self.seed, keep_difficult=hp.keep_difficult,

@@ -137,16 +137,20 @@ class OneCycleThenConstant:
     cycle_steps: int
     pct_start: float = 0.3
     div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    tail_factor: float | None = None
+    final_div_factor: float | None = None  # None: the cycle ends at the tail rate
+    tail_factor: float = 0.01
 
     def _cos(self, start: float, end: float, pct: float) -> float:
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
+    @property
+    def end_factor(self) -> float:
+        "The factor the cycle anneals to: the tail's, unless `final_div_factor` is given."
+        return self.tail_factor if self.final_div_factor is None else 1 / (self.div_factor * self.final_div_factor)
+
     def __call__(self, step: int) -> float:
-        initial, final = 1 / self.div_factor, 1 / (self.div_factor * self.final_div_factor)
-        if step >= self.cycle_steps:
-            return final if self.tail_factor is None else self.tail_factor
+        initial, final = 1 / self.div_factor, self.end_factor
+        if step >= self.cycle_steps: return self.tail_factor
         # phase boundaries as torch's OneCycleLR defines them (three_phase=False)
         up_end = float(self.pct_start * self.cycle_steps) - 1
         down_end = float(self.cycle_steps - 1)
@@ -180,15 +184,20 @@ class LRFile:
         self._f.write(f"{step} {','.join(f'{lr:.9e}' for lr in lrs)}\n")
         self._f.flush()
 
-    def read(self) -> tuple[list[int], list[float]]:
-        "Steps and the first param group's learning rate."
+    def read_groups(self) -> tuple[list[int], list[list[float]]]:
+        "Steps and, for each, the learning rates of every parameter group."
         steps, lrs = [], []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
-                try: s, v = line.split(); step, lr = int(s), float(v.split(",")[0])
+                try: s, v = line.split(); step, rates = int(s), [float(x) for x in v.split(",")]
                 except ValueError: continue  # a line cut short by a crash
-                steps.append(step); lrs.append(lr)
+                steps.append(step); lrs.append(rates)
         return steps, lrs
+
+    def read(self) -> tuple[list[int], list[float]]:
+        "Steps and the first param group's learning rate."
+        steps, groups = self.read_groups()
+        return steps, [g[0] for g in groups]
 
     def close(self) -> None:
         if self._f is not None: self._f.close(); self._f = None
