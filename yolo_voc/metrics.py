@@ -483,13 +483,14 @@ def class_mean(rows: Sequence[ClassAP]) -> dict:
                 ap50=mean("ap50"), ap50_coco=mean("ap50_coco"), ap=mean("ap"))
 
 def format_per_class_table(rows: Sequence[ClassAP],
-                           worst: int = 3, # mark this many lowest-AP50 classes (never all of them)
+                           worst: int = 3, # mark up to this many lowest-AP50 classes (at most a quarter, at least one)
                            bar_width: int = 10, # characters of the AP50 bar
                           ) -> str:
     "A terminal table of `rows`: counts, the three APs and an AP50 bar per class, the `worst` classes marked, the mean last."
     f = lambda v: "    -" if math.isnan(v) else f"{v:5.3f}"
     valid = [r for r in rows if r.num_gt > 0]
-    low = {r.label for r in sorted(valid, key=lambda r: r.ap50)[:max(0, min(worst, len(valid) - 1))]}
+    k = min(worst, max(1, len(valid) // 4)) if len(valid) > 1 else 0
+    low = {r.label for r in sorted(valid, key=lambda r: r.ap50)[:k]}
     m = class_mean(rows)
     mean_name = f"mean ({m['classes']} classes)"
     w = max([len(r.name) for r in rows] + [len(mean_name), 5])
