@@ -141,6 +141,23 @@ def definitions(source: str, fname: str) -> dict[str, ApiEntry]:
                 if isinstance(t, ast.Name):
                     out[t.id] = ApiEntry(t.id, "constant", f"{ann} = {value}" if value else ann,
                                          _doc_comment(lines, node.lineno))
+                elif isinstance(t, ast.Tuple):  # `A, B = 2, 3`
+                    values = node.value.elts if isinstance(node.value, ast.Tuple) and len(node.value.elts) == len(t.elts) \
+                        else [None] * len(t.elts)
+                    for el, v in zip(t.elts, values):
+                        if isinstance(el, ast.Name):
+                            out[el.id] = ApiEntry(el.id, "constant", f" = {ast.unparse(v)}" if v is not None else "",
+                                                  _doc_comment(lines, node.lineno))
+        elif isinstance(node, ast.ImportFrom) and node.level and node.module:  # `from .synthetic import x`: a re-export
+            for a in node.names:
+                out.setdefault(a.asname or a.name, ApiEntry(a.asname or a.name, "alias", "",
+                                                            f"Re-exported from `{node.module}.{a.name}`."))
+    # a class or function made on first use (a module `__getattr__`, nbdev's `_all_`): its nested definition
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name not in out \
+                and node not in tree.body:
+            out[node.name] = (_class_entry(node) if isinstance(node, ast.ClassDef) else
+                              ApiEntry(node.name, "function", _function_signature(node), ast.get_docstring(node) or ""))
     return out
 
 

@@ -100,7 +100,9 @@ def tiny(tmp_path):
                       "    \"Area of a circle of radius `r`.\"\n    return PI * r * r * scale\n\n"
                       "class Box:\n    \"An axis-aligned box.\"\n    def __init__(self, w: float, h: float): self.w, self.h = w, h\n"
                       "    def area(self) -> float:\n        \"Its area.\"\n        return self.w * self.h\n"
-                      "    def _private(self): pass\n\ndef _helper(): pass"),
+                      "    def _private(self): pass\n\ndef _helper(): pass\n\n"
+                      "#: exit codes\nOK, FAIL = 0, 1\n\n_all_ = ['Lazy']\ndef _make():\n"
+                      "    class Lazy:\n        \"Made on first use.\"\n    return Lazy"),
         new_markdown_cell("## Areas\n\n`area` and `geo.Box` are linked, `Box.area` too. A picture: ![dot](pics/dot.png)"),
         shown,
         new_code_cell("area(1.0)", outputs=[new_output("display_data", data={"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure>"})]),
@@ -110,7 +112,7 @@ def tiny(tmp_path):
     nbformat.write(geo, nbs / "00_geo.ipynb")
     (lib / "__init__.py").write_text("")
     src = "\n".join(c.source for c in geo.cells if "#|export" in c.source).replace("#|export\n", "")
-    (lib / "geo.py").write_text(f"__all__ = ['PI', 'area', 'Box']\n\n{src}\n")
+    (lib / "geo.py").write_text(f"__all__ = ['PI', 'area', 'Box', 'OK', 'FAIL', 'Lazy']\n\n{src}\n")
     return nbs, lib, tmp_path / "_docs"
 
 
@@ -133,7 +135,10 @@ def test_tiny_site(tiny):
     assert '<details class="source"><summary>exported source</summary>' in geo
     # API section: all of __all__, linked to the entries
     api = geo.split('id="api"')[1]
-    assert all(f'href="#{n}"' in api for n in ("PI", "area", "Box"))
+    assert all(f'href="#{n}"' in api for n in ("PI", "area", "Box", "OK", "FAIL"))
+    assert "OK = 0" in geo and "exit codes" in geo
+    # a name made on first use (nbdev's `_all_`, a module __getattr__) is documented from its nested definition
+    assert geo.count('id="Lazy"') == 1 and "Made on first use." in geo and 'href="#Lazy"' in api
     # doclinks and notebook links; the markdown picture is copied next to the pages
     assert '<a class="doclink" href="00_geo.html#area"><code>area</code></a>' in geo
     assert 'href="00_geo.html#Box"><code>geo.Box</code>' in geo and 'href="00_geo.html#Box.area"' in geo
