@@ -103,7 +103,7 @@ def test_second_run_is_refused_unless_exist_ok(weights, photos, tmp_path, capsys
     # --exist-ok: replaces what it writes again and lists what the first run left
     assert run(weights, out, photos / "a.jpg", extra=["--exist-ok"]) == 0
     err = capsys.readouterr().err
-    assert "2 entries from earlier runs are left" in err
+    assert "2 entries that were there before are not part of this run" in err
     result = json.loads((out / "predictions.json").read_text())
     assert [r["output"] for r in result["images"]] == ["a.jpg"] and result["earlier_files"] == ["b.jpg", "c.png"]
 

@@ -63,7 +63,7 @@ def list_images(sources, # an image, array, path, folder, or a list of them
         for p in entries:
             if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES: found.append(p)  # a broken link too: reading says why
             elif errors is not None and not p.is_dir():
-                errors.append(dict(file=str(p), error=f"{p}: skipped, {p.suffix or 'no suffix'} is not an image or video suffix"))
+                errors.append(dict(file=str(p), error=f"{p}: {p.suffix or 'no suffix'} is not an image or video suffix"))
         return found
     return [sources]
 
@@ -618,7 +618,8 @@ def predict_to_folder(detector: Detector, sources, # images, videos and folders 
                          lambda item, i, stem=Path(name).stem: f"{stem}_{i:06d}")
                 if run.summary.images == before: run.error(dict(file=str(item), error=f"{item}: no frame could be decoded"))
         left = [f for f in earlier if f not in run.written and f.lower() not in run.reserved]
-        if left: log(f"{out}: {len(left)} entries from earlier runs are left there, listed in predictions.json 'earlier_files' (e.g. {left[0]})")
+        if left: log(f"{out}: {len(left)} entries that were there before are not part of this run (e.g. {left[0]}); "
+                     "predictions.json lists them in 'earlier_files'")
         run.finish(dict(header, earlier_files=left))
     except OSError as e:  # an OutputError, or an OSError from a writer not wrapped by `run.write`
         message = str(e) if isinstance(e, OutputError) else f"{e.filename or out}: {e.strerror or e}"
