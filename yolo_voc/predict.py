@@ -534,7 +534,9 @@ class _Run:
         "Close predictions.jsonl and write predictions.json atomically (`result` plus the records and errors)."
         self.close()
         text = json.dumps(dict(result, images=self.records, errors=self.errors), indent=1, allow_nan=False)
-        self.write("predictions.json", lambda p: atomic_write(p, lambda t: t.write_text(text)))
+        try: atomic_write(self.out / "predictions.json", lambda t: t.write_text(text))  # all or nothing: no partial file
+        except OSError as e: raise OutputError(f"{self.out / 'predictions.json'}: {e.strerror or e}") from None
+        self.written.add("predictions.json")
 
 def _read_all(paths) -> Iterator[tuple]:
     "`(path, image or the ImageReadError, None)` for each of `paths`, read one at a time."
