@@ -106,7 +106,7 @@ def fig_main_job(r: dict) -> str:
     acc = " / ".join(f"{r[k]:.3f}" for k in ("class_accuracy", "obj_accuracy", "noobj_accuracy"))
     out = f"mAP50 {r['map50']:.3f} (VOC07), mAP {r['map']:.3f} (COCO), class / object / no-object accuracy {acc}"
     cfg = r.get("run_config") or {}
-    model, data, trainer = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("trainer") or {}
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
     parts = [f"width {model['width_mult']:g} / depth {model['depth_mult']:g}" if "width_mult" in model else None,
              f"{data['image_size']} px" if "image_size" in data else None,
              f"{r['epochs']} epochs" if r.get("epochs") is not None else None]

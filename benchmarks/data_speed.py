@@ -33,7 +33,8 @@ import torch
 from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.data import EpochSampler, VOCDataset, collate
 from yolo_voc.transforms import read_image
-from yolo_voc.voc import load_annotations, make_synthetic_voc
+from yolo_voc.synthetic import make_synthetic_voc
+from yolo_voc.voc import load_annotations
 
 
 def main(argv=None):

@@ -39,7 +39,7 @@ from pytorch_lightning.callbacks import Callback
 from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.data import VOCDataModule
 from yolo_voc.train import YoloModule, make_trainer
-from yolo_voc.voc import make_synthetic_voc
+from yolo_voc.synthetic import make_synthetic_voc
 
 
 def rss_source() -> str:

@@ -79,7 +79,8 @@ from yolo_voc.loss import YoloLoss
 from yolo_voc.metrics import MeanAveragePrecision
 from yolo_voc.model import YOLOv3
 from yolo_voc.train import param_groups
-from yolo_voc.voc import load_annotations, make_synthetic_voc
+from yolo_voc.synthetic import make_synthetic_voc
+from yolo_voc.voc import load_annotations
 
 VOC0712_TRAINVAL_IMAGES = 16551  # VOC2007 trainval + VOC2012 trainval
 VOC07_TEST_IMAGES = 4952

@@ -1,6 +1,4 @@
 "Data pipeline: worker processes, reproducible seeding, evaluation box round trip, the synthetic dataset cache."
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +6,8 @@ from torch.utils.data import DataLoader
 
 from yolo_voc.boxes import cxcywh_to_xyxy, unletterbox_boxes
 from yolo_voc.data import EpochSampler, VOCDataModule, VOCDataset, collate, encode_targets, synthetic_dataset
-from yolo_voc.voc import DatasetError, load_annotations, make_synthetic_voc
+from yolo_voc.synthetic import make_synthetic_voc
+from yolo_voc.voc import DatasetError, load_annotations
 
 SIZE = 128
 

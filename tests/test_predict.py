@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from yolo_voc.boxes import STRIDES, postprocess, unletterbox_boxes
 from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
-from yolo_voc.predict import Detector, ImageReadError, draw_detections, load_detector, predict_main
+from yolo_voc.predict import ImageReadError, draw_detections, load_detector, predict_main
 
 from tiny_models import CFG, NAMES, tiny_model
 

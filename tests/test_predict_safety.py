@@ -18,10 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-import yolo_voc.predict as predict
 from yolo_voc.checkpoint import save_weights
-from yolo_voc.predict import (OutputError, UnsafeOutputError, Video, VideoWriter, check_output, load_detector, load_image,
-                              predict_main, predict_parser, predict_to_folder, resolve_device, voc_xml, yolo_txt)
+from yolo_voc.predict import (OutputError, UnsafeOutputError, Video, check_output, load_detector, load_image,
+                              predict_main, predict_parser, predict_to_folder, resolve_device)
 from yolo_voc.voc import check_dataset, parse_yolo_labels
 
 from tiny_models import CFG, NAMES, tiny_model

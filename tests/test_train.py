@@ -15,8 +15,8 @@ import torch
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.data import VOCDataModule
 from yolo_voc.lr_find import LRFile
-from yolo_voc.train import (CheckpointError, TrainingError, YoloModule, check_checkpoint_fits, fit_plain,
-                            load_checkpoint_file, make_trainer)
+from yolo_voc.train import (CheckpointError, TrainingError, YoloModule, check_checkpoint_fits, load_checkpoint_file,
+                            make_trainer)
 
 CLASSES = VOC_CLASSES[:4]
 TINY = dict(num_classes=4, class_names=CLASSES, width_mult=0.125, depth_mult=0.33, image_size=96)
@@ -111,15 +111,6 @@ def test_wrong_checkpoints_give_clear_errors(tmp_path):
     assert r.returncode != 0 and "half.ckpt: not a readable PyTorch checkpoint" in r.stderr
 
 
-def test_plain_loop_learns():
-    torch.manual_seed(0)
-    dm = datamodule(mosaic_prob=0.0)
-    model = YoloModule(**TINY).model
-    hist = fit_plain(model, dm.train_dataloader(), dm.val_dataloader(), epochs=6, max_lr=3e-3, num_classes=4)
-    assert hist[-1]["train_loss"] < 0.6 * hist[0]["train_loss"], hist
-    assert hist[-1]["noobj_accuracy"] > 0.9
-
-
 # -- the command line ------------------------------------------------------------------------------
 
 def test_fit_end_to_end_writes_summary_and_resumes(tmp_path):
@@ -153,11 +144,11 @@ def test_fit_finds_lr_when_not_given(tmp_path):
     i = args.index("--model.max_lr"); del args[i:i + 2]
     cli("fit", *args, "--trainer.max_epochs", "1", "--lr_find_steps", "12", "--trainer.default_root_dir", tmp_path)
     found = json.loads((tmp_path / "lr_find.json").read_text())
-    assert len(found["lrs"]) == 12 and (tmp_path / "lr_find.png").exists()
+    assert 3 <= len(found["lrs"]) <= 12 and (tmp_path / "lr_find.png").exists()  # the test stops early when the loss diverges
     assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["yolo_voc"]["max_lr"] == found["suggestion"]
     # the range test alone
     r = cli("lr-find", *args, "--lr_find_steps", "8", "--trainer.default_root_dir", tmp_path / "lr")
-    assert "suggested max_lr" in r.stdout and len(json.loads((tmp_path / "lr/lr_find.json").read_text())["lrs"]) == 8
+    assert "suggested max_lr" in r.stdout and 3 <= len(json.loads((tmp_path / "lr/lr_find.json").read_text())["lrs"]) <= 8
 
 
 KILL_DURING_SAVE = r'''
@@ -208,7 +199,7 @@ def test_sigkill_at_any_moment_resumes_cleanly(tmp_path):
 
 
 def test_fit_refuses_bad_data_then_skips_it(tmp_path):
-    from yolo_voc.voc import make_synthetic_voc
+    from yolo_voc.synthetic import make_synthetic_voc
     voc = make_synthetic_voc(tmp_path / "data", n_images=32, image_size=(160, 120), seed=1, class_names=CLASSES)
     (voc / "JPEGImages/000003.jpg").write_bytes(b"not a jpeg")
     xml = voc / "Annotations/000004.xml"

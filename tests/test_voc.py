@@ -1,16 +1,14 @@
 "Reading VOCdevkit and Kaggle datasets: path forms, years and splits, header detection, tolerances, skip_bad, cache."
 import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.synthetic import make_synthetic_voc, synthetic_style
-from yolo_voc.voc import (Annotation, DatasetError, NORM_TOL, Problem, SPLIT_NAMES, check_dataset, dataset_class_names,
+from yolo_voc.voc import (DatasetError, NORM_TOL, Problem, SPLIT_NAMES, check_dataset, dataset_class_names,
                           find_dataset, load_annotations, parse_voc_xml, voc_to_yolo_text)
 
 

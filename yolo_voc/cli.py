@@ -24,7 +24,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {}
 def _usage() -> str:
     "The top-level help: every registered command with the first line of its docstring."
     w = max([len(n) for n in COMMANDS] + [8])
-    lines = [f"usage: yolo-voc COMMAND [ARGS]  (yolo-voc COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: yolo-voc COMMAND [ARGS]  (yolo-voc COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {n:<{w}}  {(f.__doc__ or '').strip().splitlines()[0] if f.__doc__ else ''}" for n, f in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -226,27 +226,19 @@ def worker_init(worker_id: int) -> None:
 # %% ../nbs/03_data.ipynb
 def show_batch(images: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str] = VOC_CLASSES,
                ncols: int = 4, max_images: int = 16, size: float = 3.0):
-    "Draw images `[B, 3, H, W]` with their collated targets `[N, 6]`; returns the matplotlib figure."
+    "Draw images `[B, 3, H, W]` with their collated targets `[N, 6]` (the project's one drawing function); returns the figure."
     import matplotlib.pyplot as plt
-    b = min(len(images), max_images)
-    nrows = max(1, math.ceil(b / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size), squeeze=False)
-    colours = plt.get_cmap("tab20")
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= b: continue
-        im = images[k].detach().cpu()
-        im = im.float() / 255 if im.dtype == torch.uint8 else im.float()
-        h, w = im.shape[1:]
-        ax.imshow(im.permute(1, 2, 0).clamp(0, 1).numpy())
+    from yolo_voc.plots import as_uint8_image, draw_boxes, image_grid  # drawing lives in plots; imported when used
+    pictures = []
+    for k in range(min(len(images), max_images)):
+        im = as_uint8_image(images[k].detach().cpu().float() / 255 if images[k].dtype == torch.uint8 else images[k].detach().cpu())
+        h, w = im.shape[:2]
         t = targets[targets[:, 0] == k].detach().cpu().float()
-        xyxy = cxcywh_to_xyxy(t[:, 2:]) * torch.tensor([w, h, w, h])
-        for (x1, y1, x2, y2), c in zip(xyxy.tolist(), t[:, 1].long().tolist()):
-            col = colours(c % 20)
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=col, lw=1.5))
-            name = class_names[c] if c < len(class_names) else str(c)
-            ax.text(x1, y1, name, fontsize=7, color="white", va="bottom", bbox=dict(facecolor=col, pad=1, lw=0))
-    fig.tight_layout()
+        xyxy = (cxcywh_to_xyxy(t[:, 2:]) * torch.tensor([w, h, w, h])).numpy()
+        pictures.append(draw_boxes(im, xyxy, t[:, 1].long().numpy(), class_names=class_names, line_width=2))
+    grid = image_grid(pictures, ncols=min(ncols, len(pictures)))
+    fig = plt.figure(figsize=(min(ncols, len(pictures)) * size, math.ceil(len(pictures) / ncols) * size))
+    plt.imshow(grid); plt.axis("off"); fig.tight_layout()
     return fig
 
 # %% ../nbs/03_data.ipynb

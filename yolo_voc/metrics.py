@@ -421,12 +421,12 @@ class MeanAveragePrecision(Metric):
         keep = np.zeros(len(ids), bool)
         keep[np.unique(ids, return_index=True)[1]] = True  # the first entry of each image id
         rows = []
-        for n, fields in ((nd, dict(boxes=(self.det_boxes, (0, 4)), scores=(self.det_scores, (0,)), labels=(self.det_labels, (0,)))),
+        for n, columns in ((nd, dict(boxes=(self.det_boxes, (0, 4)), scores=(self.det_scores, (0,)), labels=(self.det_labels, (0,)))),
                           (ng, dict(boxes=(self.gt_boxes, (0, 4)), labels=(self.gt_labels, (0,)), difficult=(self.gt_difficult, (0,))))):
             entry = np.repeat(np.arange(len(ids)), n)
             sel = keep[entry]
             order = np.argsort(ids[entry[sel]], kind="stable")  # image-id order, input order within an image
-            r = {k: cat(v, shape, np.float64)[sel][order] for k, (v, shape) in fields.items()}
+            r = {k: cat(v, shape, np.float64)[sel][order] for k, (v, shape) in columns.items()}
             r["boxes"] = r["boxes"].reshape(-1, 4).astype(np.float64)
             if "scores" in r: r["scores"] = r["scores"].astype(np.float64)
             r["labels"] = r["labels"].astype(np.int64)
