@@ -102,7 +102,7 @@ def _resnet_stages(channels: tuple[int, ...], strides: tuple[int, ...], c_in: in
     return nn.ModuleList(stages)
 
 class ResNet18GN(nn.Module):
-    "The seed's CIFAR ResNet-18 with GroupNorm: `[B, 3, 32, 32]` images to `[B, num_classes]` logits."
+    "A CIFAR-style ResNet-18 with GroupNorm: `[B, 3, 32, 32]` images to `[B, num_classes]` logits."
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)

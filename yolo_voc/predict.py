@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import colorsys
 import errno
 import json
 import math
@@ -22,19 +21,20 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .boxes import ANCHORS, STRIDES, Letterbox, letterbox_params, postprocess, unletterbox_boxes
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint
+from .plots import draw_boxes
 from .transforms import PAD_VALUE, eval_transforms
 from .voc import IMAGE_EXTS, Annotation, voc_to_yolo_text
 
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'PREDICT_EPILOG', 'ImageReadError', 'is_video', 'list_images', 'to_uint8',
            'load_image', 'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector',
-           'build_model', 'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'class_color', 'draw_detections',
-           'yolo_txt', 'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary',
-           'predict_to_folder', 'add_model_args', 'predict_parser', 'parse_or_status', 'predict_main']
+           'build_model', 'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt',
+           'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder',
+           'add_model_args', 'predict_parser', 'parse_or_status', 'predict_main']
 
 # %% ../nbs/10_predict.ipynb
 IMAGE_SUFFIXES = IMAGE_EXTS  # what `yolo-voc check` accepts
@@ -332,43 +332,19 @@ class VideoWriter:
             raise OSError(errno.EIO, f"the video is missing or empty after writing {self.frames} frames", str(self.path))
 
 # %% ../nbs/10_predict.ipynb
-def class_color(label: int) -> tuple[int, int, int]:
-    "A distinct RGB colour for class `label`."
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.8, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-def _font(size: int):
-    "Pillow's default font at `size` pixels (the bitmap default where FreeType is missing)."
-    try: return ImageFont.load_default(size=size)
-    except Exception: return ImageFont.load_default()
-
 def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 def draw_detections(image, detections, class_names=None, line_width: int | None = None,
                     highlight: int | None = None) -> Image.Image:
-    "Draw `detections` (a `Detections` or a dict of boxes, scores, labels) on a copy of `image` with names and scores."
-    img = Image.fromarray(load_image(image))
+    "Draw `detections` (a `Detections` or a dict of boxes, scores, labels) on a copy of `image` with `plots.draw_boxes`."
     get = (lambda k: getattr(detections, k)) if isinstance(detections, Detections) else detections.__getitem__
     boxes, scores, labels = _as_numpy(get("boxes")).reshape(-1, 4), _as_numpy(get("scores")), _as_numpy(get("labels"))
-    own = detections.names if class_names is None and isinstance(detections, Detections) else None
-    side = max(img.size)
-    lw = line_width or max(2, round(side / 250))
-    font = _font(max(10, round(side / 40)))
-    draw = ImageDraw.Draw(img)
-    for i, (b, s, l) in enumerate(zip(boxes, scores, labels)):
-        color = class_color(int(l))
-        name = own[i] if own is not None else class_names[int(l)] if class_names is not None else str(int(l))
-        x1, y1, x2, y2 = (float(v) for v in b)
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=lw * (2 if i == highlight else 1))
-        text = f"{name} {float(s):.2f}"
-        l_, t_, r_, b_ = draw.textbbox((0, 0), text, font=font)
-        tw, th = r_ - l_ + 4, b_ - t_ + 4
-        ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside when there is no room
-        draw.rectangle([x1, ty, x1 + tw, ty + th], fill=color)
-        ink = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
-        draw.text((x1 + 2 - l_, ty + 2 - t_), text, fill=ink, font=font)
-    return img
+    if class_names is None and isinstance(detections, Detections):  # each detection carries its name
+        named = dict(zip(labels.tolist(), detections.names))
+        class_names = [named.get(c, str(c)) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    drawn = draw_boxes(load_image(image), boxes, labels, scores, class_names, line_width, highlight)
+    return Image.fromarray(drawn)
 
 # %% ../nbs/10_predict.ipynb
 def _clipped_boxes(det: Detections) -> tuple[np.ndarray, np.ndarray, list[str]]:

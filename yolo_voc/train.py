@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateFinder, ModelCheck
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
 from .checkpoint import CheckpointError, atomic_write, check_checkpoint_fits, load_checkpoint_file, read_checkpoint
@@ -161,9 +161,12 @@ class YoloModule(pl.LightningModule):
         self.register_buffer("_bad_step", torch.full((5,), -1, dtype=torch.long), persistent=False)
         self._forward = self.model
 
+    #: Set by whoever starts `fit` from a checkpoint (`YoloCLI` does): the checkpoint's weights replace `pretrained`'s.
+    resuming: bool = False
+
     def setup(self, stage: str) -> None:
         "Start from `pretrained` weights when fitting a new run (a resumed run takes its checkpoint's weights instead)."
-        if stage == "fit" and self.hparams.pretrained and not (self._trainer and self._trainer.ckpt_path):
+        if stage == "fit" and self.hparams.pretrained and not self.resuming:
             rank_zero_info(f"pretrained: {load_pretrained(self.model, self.hparams.pretrained)}")
 
     def configure_model(self):
@@ -461,9 +464,10 @@ class EpochTimeEstimate(Callback):
         if self._t0 is None or self.seconds_per_epoch is not None or batch_idx != self.steps: return
         per_step = (time.perf_counter() - self._t0) / self.steps
         self.seconds_per_epoch = per_step * trainer.num_training_batches
-        rank_zero_warn(f"training on the CPU: one epoch of {trainer.num_training_batches} steps will take about "
-                       f"{format_duration(self.seconds_per_epoch)} ({per_step:.1f} s per step, measured on steps 1-{self.steps}); "
-                       "a CUDA GPU (Kaggle and Colab have free ones) is many times faster")
+        if trainer.is_global_zero:  # printed, not a Python warning: warning filters must not hide it
+            print(f"yolo-voc: training on the CPU: one epoch of {trainer.num_training_batches} steps will take about "
+                  f"{format_duration(self.seconds_per_epoch)} ({per_step:.1f} s per step, measured on steps 1-{self.steps}); "
+                  "a CUDA GPU (Kaggle and Colab have free ones) is many times faster", file=sys.stderr, flush=True)
 
 def format_duration(seconds: float) -> str:
     "`3 h 25 min`, `12 min 5 s` or `42 s`."
@@ -520,6 +524,13 @@ class MaxLRFinder(LearningRateFinder):
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, update_attr=False)
         self.run_dir, self.rule, self._early_exit = (Path(run_dir) if run_dir else None), rule, exit_after
         self.result: LRFinderResult | None = None
+
+    def lr_find(self, trainer, pl_module):
+        "Lightning's range test, counted in steps only: a small dataset's epochs must not end it early."
+        max_epochs = trainer.fit_loop.max_epochs
+        trainer.fit_loop.max_epochs = -1  # no epoch limit; the test's own max_steps ends it
+        try: super().lr_find(trainer, pl_module)
+        finally: trainer.fit_loop.max_epochs = max_epochs
 
     def on_fit_start(self, trainer, pl_module):
         if pl_module.hparams.max_lr is not None: return  # given, or restored from the checkpoint
@@ -751,6 +762,7 @@ class YoloCLI(LightningCLI):
 
     def before_fit(self):
         if self.plan.ckpt_path:
+            self.model.resuming = True
             ckpt = load_checkpoint_file(self.plan.ckpt_path)
             check_checkpoint_fits(ckpt, self.model, self.plan.ckpt_path)
             saved = (ckpt.get("yolo_voc") or {}).get("max_lr")
