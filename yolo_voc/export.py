@@ -310,11 +310,12 @@ def quantize_int8(detector: Detector, # the fp32 model
         d = Path(d)
         _raw_graph(detector, d / "fp32.onnx", example, opset, dynamic_hw=False)
         quant_pre_process(str(d / "fp32.onnx"), str(d / "pre.onnx"), skip_symbolic_shape=True)  # ONNX shape inference, Conv+Mul/Add fusion
+        first = [n.name for n in onnx.load(str(d / "pre.onnx")).graph.node if n.op_type == "Conv" and "images" in n.input]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_static(str(d / "pre.onnx"), str(d / "int8.onnx"), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=first)
         model = onnx.load(str(d / "int8.onnx"))
         if nms is not None: model = _with_nms(onnx, model, detector, example, nms, opset, d)
     meta = export_metadata(detector, nms, precision="int8")
@@ -460,8 +461,8 @@ def export_main(argv: list[str] | None = None) -> int:
     int8 = Int8Settings(args.data, args.synthetic_images, args.calib_split, args.calib_images, args.val_split,
                         args.val_images, not args.no_eval) if args.int8 else None
     try:
-        if args.format == "onnx": require("onnx", f"{prog} --format onnx")
-        if int8 is not None: require("onnxruntime", f"{prog} --int8")
+        if args.format == "onnx": require("onnx", "--format onnx")
+        if int8 is not None: require("onnxruntime", "--int8")
     except MissingDependency as e:
         print(f"{prog}: {e}", file=sys.stderr); return EXIT_MISSING_PACKAGE
     try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
