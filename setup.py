@@ -32,6 +32,7 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = shlex.split(cfg.get('dev_requirements') or '')
 app_requirements = shlex.split(cfg.get('app_requirements') or '')
+export_requirements = shlex.split(cfg.get('export_requirements') or '')
 project_urls = {}
 if cfg.get('doc_host'): project_urls["Documentation"] = cfg['doc_host'] + cfg.get('doc_baseurl', '')
 
@@ -47,7 +48,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=['yolo_voc', 'yolo_voc.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={'dev': dev_requirements, 'app': app_requirements},
+    extras_require={'dev': dev_requirements, 'app': app_requirements, 'export': export_requirements},
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding="utf8").read(),

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the app needs the optional extra: pip install 'yolo_voc[app]'")
 pytest.importorskip("gradio_client", reason="the app tests need gradio_client: pip install 'yolo_voc[app]'")
 
-from yolo_voc.app import app_main, build_app, detect_view, pick_examples  # noqa: E402
+from yolo_voc.app import build_app, detect_view, pick_examples  # noqa: E402
+from yolo_voc.cli import app_main  # noqa: E402
 from yolo_voc.checkpoint import save_weights  # noqa: E402
 from yolo_voc.export import export_onnx, load_onnx_detector  # noqa: E402
 from yolo_voc.predict import load_detector  # noqa: E402
@@ -79,7 +79,7 @@ def server(tmp_path_factory):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(example)
     port = free_port()
     proc, log, url = serve(
-        [sys.executable, "-c", "import sys; from yolo_voc.app import app_main; sys.exit(app_main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from yolo_voc.cli import app_main; sys.exit(app_main(sys.argv[1:]))",
          "--ckpt", str(ckpt), "--port", str(port), "--examples", str(root / "examples"), "--conf", "0.02"],
         port, root / "server.log")
     try:

@@ -13,8 +13,9 @@ import torch
 from yolo_voc.boxes import box_iou, postprocess, unletterbox_boxes
 from yolo_voc.checkpoint import save_weights
 from yolo_voc.model import YOLOv3
-from yolo_voc.export import (EXIT_MISSING_PACKAGE, EXIT_OUTPUT, EXIT_USAGE, EndToEnd, NmsSettings, export_main,
-                             export_onnx, export_torchscript, fold_batchnorm, load_onnx_detector, quantize_int8)
+from yolo_voc.cli import export_main
+from yolo_voc.export import (EXIT_MISSING_PACKAGE, EXIT_OUTPUT, EXIT_USAGE, EndToEnd, NmsSettings,
+                             export_onnx, fold_batchnorm, load_onnx_detector, quantize_int8)
 from yolo_voc.predict import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
@@ -314,7 +315,7 @@ def test_export_bad_option_combinations(ckpts, tmp_path, capsys):
 
 def test_export_console_script_missing_onnx(ckpts, tmp_path):
     "The real command in a fresh process where `import onnx` fails: one line on stderr, exit 3."
-    code = ("import sys; sys.modules['onnx'] = None; from yolo_voc.export import export_main; "
+    code = ("import sys; sys.modules['onnx'] = None; from yolo_voc.cli import export_main; "
             "sys.exit(export_main(sys.argv[1:]))")
     p = subprocess.run([sys.executable, "-c", code, "--ckpt", str(ckpts["weights"]), "--format", "onnx",
                         "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120)

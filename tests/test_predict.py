@@ -15,7 +15,8 @@ from yolo_voc.boxes import STRIDES, postprocess, unletterbox_boxes
 from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
-from yolo_voc.predict import ImageReadError, draw_detections, load_detector, predict_main
+from yolo_voc.cli import predict_main
+from yolo_voc.predict import ImageReadError, draw_detections, load_detector
 
 from tiny_models import CFG, NAMES, tiny_model
 

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from yolo_voc.checkpoint import save_weights
+from yolo_voc.cli import predict_main, predict_parser
 from yolo_voc.predict import (OutputError, UnsafeOutputError, Video, check_output, load_detector, load_image,
-                              predict_main, predict_parser, predict_to_folder, resolve_device)
+                              predict_to_folder, resolve_device)
 from yolo_voc.voc import check_dataset, parse_yolo_labels
 
 from tiny_models import CFG, NAMES, tiny_model
@@ -162,7 +163,7 @@ def test_file_too_large_in_a_real_process(weights, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-c", "import sys; from yolo_voc.predict import predict_main; sys.exit(predict_main())",
+    p = subprocess.run([sys.executable, "-c", "import sys; from yolo_voc.cli import predict_main; sys.exit(predict_main())",
                         "--ckpt", str(weights), "--out", str(out), "--conf", "0.02", "--device", "cpu", str(src)],
                        capture_output=True, text=True, timeout=300, preexec_fn=limit_files,
                        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))

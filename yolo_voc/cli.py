@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 import yolo_voc
 
 # %% auto 0
-__all__ = ['COMMANDS', 'main', 'synth', 'check', 'download', 'train_command', 'lr_find']
+__all__ = ['COMMANDS', 'PREDICT_EPILOG', 'main', 'synth', 'check', 'download', 'train_command', 'lr_find', 'add_model_args',
+           'parse_or_status', 'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser',
+           'app_main']
 
 # %% ../nbs/11_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -170,14 +172,193 @@ COMMANDS.update({
     "lr-find": lr_find})
 
 # %% ../nbs/11_cli.ipynb
-def _lazy(module: str, name: str, doc: str):
-    "A command that imports `module.name` only when it runs."
-    def run(argv: list[str]) -> int:
-        import importlib
-        return getattr(importlib.import_module(module), name)(argv)
-    run.__doc__ = doc
-    return run
+def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
+    "Add `--ckpt`, `--device` and `--unsafe-load` (the options every command that loads a model has)."
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file, Darknet .weights file or raw ONNX export (.onnx)")
+    p.add_argument("--device", default=default_device,
+                   help=f"torch device: auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:1... (default: {default_device})")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="load with torch.load(weights_only=False): only for checkpoints you trust")
 
-COMMANDS["predict"] = _lazy("yolo_voc.predict", "predict_main", "Detect objects in images or folders; writes drawn images and predictions.json.")
-COMMANDS["export"] = _lazy("yolo_voc.export", "export_main", "Export a checkpoint to ONNX or TorchScript.")
-COMMANDS["app"] = _lazy("yolo_voc.app", "app_main", "Start the Gradio demo app on localhost (needs the [app] extra).")
+def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
+    "Parsed arguments, or the exit status argparse asked for (help, usage error)."
+    try: return parser.parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
+
+PREDICT_EPILOG = """output: OUT must be new or empty, unless --exist-ok (same names are then replaced, and files left from
+earlier runs are listed in predictions.json 'earlier_files'); OUT may not be, lie inside or hold an input
+unless --allow-input-overlap, and input files are never written over. Results are appended to
+OUT/predictions.jsonl image by image and OUT/predictions.json is written at the end.
+
+exit status:
+  0  at least one image was processed (unreadable files are reported on stderr and in 'errors')
+  1  no image could be processed
+  2  bad command line, option or checkpoint, or an unsafe OUT refused (nothing written)
+  3  an output could not be written (the message names the path; the results so far are in predictions.jsonl)"""
+
+def predict_parser() -> argparse.ArgumentParser:
+    "The arguments of `yolo-voc predict`."
+    p = argparse.ArgumentParser(prog="yolo-voc predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Detect objects in images, videos and folders of them: write each image with "
+                                "its boxes drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.",
+                                epilog=PREDICT_EPILOG)
+    p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER", help="image or video files and/or folders of them")
+    add_model_args(p, default_device="auto")
+    p.add_argument("--out", required=True, help="output folder, new or empty (created)")
+    p.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
+    p.add_argument("--allow-input-overlap", action="store_true",
+                   help="let --out be, lie inside or hold an input (input files are still never written over)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold in [0, 1] (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold in [0, 1] (default 0.45)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--max-detections", type=int, default=100, help="per image (default 100)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size, a multiple of 32 (default: the checkpoint's; 416 for Darknet .weights)")
+    p.add_argument("--save-txt", action="store_true", help="also write YOLO labels OUT/labels/<name>.txt ('class cx cy w h')")
+    p.add_argument("--save-xml", action="store_true", help="also write VOC annotations OUT/Annotations/<name>.xml")
+    p.add_argument("--save-video", action="store_true",
+                   help="write each input folder's frames (in name order) as one annotated OUT/<folder>.avi")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video videos (default 25)")
+    return p
+
+def predict_main(argv: list[str] | None = None) -> int:
+    "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
+    # the work is the module's, imported when the command runs
+    from yolo_voc.checkpoint import CheckpointError
+    from yolo_voc.predict import (OutputError, UnsafeOutputError, check_output, check_predict_options, load_detector,
+                                  predict_to_folder, resolve_device)
+    args = parse_or_status(predict_parser(), argv)
+    if isinstance(args, int): return args
+    def fail(message, status: int) -> int:
+        print(f"yolo-voc predict: {message}", file=sys.stderr); return status
+    try:
+        check_predict_options(args.conf, args.iou, args.batch_size, args.max_detections, args.image_size, args.fps)
+        device = resolve_device(args.device)
+        check_output(args.out, args.images, args.exist_ok, args.allow_input_overlap)  # before the model loads
+        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size)
+        summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
+                                    args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
+                                    args.fps, log=lambda m: print(f"yolo-voc predict: {m}", file=sys.stderr))
+    except OutputError as e: return fail(e, 3)
+    except (FileNotFoundError, CheckpointError, UnsafeOutputError, ValueError) as e: return fail(e, 2)
+    print(f"{summary.images} images, {summary.detections} detections, {len(summary.errors)} errors -> "
+          f"{Path(args.out) / 'predictions.json'}")
+    return 0 if summary.images else fail("no image could be processed", 1)
+
+COMMANDS["predict"] = predict_main
+
+# %% ../nbs/11_cli.ipynb
+def export_parser() -> argparse.ArgumentParser:
+    "The arguments of `yolo-voc export`."
+    p = argparse.ArgumentParser(prog="yolo-voc export", description="Export a checkpoint's network to ONNX or "
+                                "TorchScript (raw head outputs, or end to end with --nms), optionally int8 (ONNX), "
+                                "or write its lightweight weights file.",
+                                epilog="Exit status: 0 written; 2 bad command line, checkpoint or data; 3 a package "
+                                "is missing (ONNX needs the [export] extra: pip install \"yolo_voc[export]\"); "
+                                "4 the output can't be written.")
+    add_model_args(p)
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "weights"])
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--dynamic-hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
+    g = p.add_argument_group("end to end (--nms): outputs boxes, scores, labels, num_detections, padded")
+    g.add_argument("--nms", action="store_true", help="decoding and NMS in the exported graph (onnx, torchscript)")
+    g.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    g.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    g.add_argument("--max-detections", type=int, default=100, help="detections per image, K (default 100)")
+    g = p.add_argument_group("int8 (--int8, ONNX): static quantisation, QDQ, per-channel")
+    g.add_argument("--int8", action="store_true", help="quantise to int8, calibrated on training images")
+    g.add_argument("--data", default=None, help="dataset folder (default: the synthetic set, as `yolo-voc fit` makes it)")
+    g.add_argument("--synthetic-images", type=int, default=800, help="size of the synthetic set (default 800)")
+    g.add_argument("--calib-split", default="train", help="calibration split (default train)")
+    g.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
+    g.add_argument("--val-split", default="val", help="split on which int8 and fp32 mAP50 are compared (default val)")
+    g.add_argument("--val-images", type=int, default=None, help="validation images (default: all)")
+    g.add_argument("--no-eval", action="store_true", help="skip the int8 vs fp32 mAP50 comparison")
+    return p
+
+def export_main(argv: list[str] | None = None) -> int:
+    "`yolo-voc export`: ONNX, TorchScript or weights file from a checkpoint; see `export_parser`."
+    from yolo_voc.checkpoint import CheckpointError
+    from yolo_voc.export import (EXIT_MISSING_PACKAGE, EXIT_OUTPUT, EXIT_USAGE, Int8Settings, MissingDependency,
+                                 NmsSettings, export_model, require)
+    from yolo_voc.predict import load_detector
+    args = parse_or_status(export_parser(), argv)
+    if isinstance(args, int): return args
+    prog = "yolo-voc export"
+    nms = NmsSettings(args.conf, args.iou, args.max_detections) if args.nms else None
+    int8 = Int8Settings(args.data, args.synthetic_images, args.calib_split, args.calib_images, args.val_split,
+                        args.val_images, not args.no_eval) if args.int8 else None
+    try:
+        if args.format == "onnx": require("onnx", "--format onnx")
+        if int8 is not None: require("onnxruntime", "--int8")
+    except MissingDependency as e:
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_MISSING_PACKAGE
+    try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_USAGE
+    try: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8)
+    except MissingDependency as e:
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_MISSING_PACKAGE
+    except (CheckpointError, ValueError) as e:  # bad settings, a missing or broken dataset (DatasetError)
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_USAGE
+    except OSError as e:  # the output: a folder, no permission, no space, ...
+        print(f"{prog}: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
+        return EXIT_OUTPUT
+    print(report)
+    return 0
+
+COMMANDS["export"] = export_main
+
+# %% ../nbs/11_cli.ipynb
+def app_parser() -> argparse.ArgumentParser:
+    "The arguments of `yolo-voc app`."
+    p = argparse.ArgumentParser(prog="yolo-voc app", description="Serve a local Gradio demo of a checkpoint: upload "
+                                "images, tune confidence and IoU, see the detections and their Grad-CAM.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also ask Gradio for a temporary public *.gradio.live link")
+    p.add_argument("--examples", nargs="*", default=[], metavar="DIR_OR_IMAGE", help="example images or folders of them")
+    p.add_argument("--examples-from", default=None, metavar="DATA", help="dataset folder to pick gallery images from")
+    p.add_argument("--examples-split", default="val", help="the split they are picked from (default val)")
+    p.add_argument("--num-examples", type=int, default=8, help="how many to pick (default 8)")
+    p.add_argument("--export-space", default=None, metavar="DIR",
+                   help="write a Hugging Face Space folder (model, app.py, requirements.txt) instead of serving")
+    p.add_argument("--space-requirement", default=None,
+                   help="how the Space installs yolo_voc (default: yolo_voc[app]==<this version>; e.g. a git URL)")
+    p.add_argument("--conf", type=float, default=0.25, help="initial confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="initial NMS IoU threshold (default 0.45)")
+    return p
+
+def app_main(argv: list[str] | None = None) -> int:
+    "`yolo-voc app`: serve the demo app for a checkpoint or ONNX file, or write its Space; see `app_parser`."
+    from yolo_voc.app import build_app, examples_from, import_gradio, launch, load_app_detector, write_space
+    from yolo_voc.checkpoint import CheckpointError
+    from yolo_voc.predict import is_video, list_images
+    args = parse_or_status(app_parser(), argv)
+    if isinstance(args, int): return args
+    prog = "yolo-voc app"
+    try:
+        import_gradio()
+        detector = load_app_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
+        missing = [e for e in args.examples if not Path(e).exists()]
+        if missing: raise FileNotFoundError(f"{missing[0]}: no such example file or folder")
+        examples = [e for e in list_images(args.examples) if not is_video(e)]  # the gallery shows images
+        if args.examples_from:
+            examples += examples_from(args.examples_from, detector.class_names, args.examples_split, args.num_examples)
+    except (ImportError, FileNotFoundError, CheckpointError, ValueError) as e:  # ValueError: DatasetError, device
+        print(f"{prog}: {e}", file=sys.stderr); return 2
+    if args.export_space:
+        try: out = write_space(detector, args.export_space, examples, args.conf, args.iou, requirement=args.space_requirement)
+        except OSError as e:
+            print(f"{prog}: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr); return 4
+        print(f"{prog}: wrote the Space folder {out} (start it there with: python app.py)")
+        return 0
+    demo = build_app(detector, examples, args.conf, args.iou)
+    print(f"{prog}: serving {args.ckpt} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    launch(demo, args.host, args.port, block=True, share=args.share)
+    return 0
+
+COMMANDS["app"] = app_main

@@ -5,14 +5,12 @@
 # %% ../nbs/10_predict.ipynb 3
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import math
 import numbers
 import os
 import stat
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +28,10 @@ from .transforms import PAD_VALUE, eval_transforms
 from .voc import IMAGE_EXTS, Annotation, voc_to_yolo_text
 
 # %% auto 0
-__all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'PREDICT_EPILOG', 'ImageReadError', 'is_video', 'list_images', 'to_uint8',
-           'load_image', 'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector',
-           'build_model', 'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt',
-           'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder',
-           'add_model_args', 'predict_parser', 'parse_or_status', 'predict_main']
+__all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'ImageReadError', 'is_video', 'list_images', 'to_uint8', 'load_image',
+           'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector', 'build_model',
+           'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt', 'voc_xml',
+           'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder']
 
 # %% ../nbs/10_predict.ipynb
 IMAGE_SUFFIXES = IMAGE_EXTS  # what `yolo-voc check` accepts
@@ -258,14 +255,17 @@ def _load_darknet(path, device, image_size: int | None, width_mult: float, depth
     config = dict(num_classes=len(names), width_mult=width_mult, depth_mult=depth_mult)
     return Detector(model, names, image_size or 416, DARKNET_ANCHORS, config, device, source=str(path))
 
-def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file
+def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or an `.onnx` export
                   device="cpu", # a torch device, or "auto" (see `resolve_device`)
                   weights_only: bool = True, # False loads pickled objects too: only for files you trust
                   image_size: int | None = None, # the input size (a multiple of 32); None: the file's (416 for Darknet)
                   width_mult: float = 1.0, # Darknet files only: the YOLOv3's width multiplier
                   depth_mult: float = 1.0, # Darknet files only: its depth multiplier
                  ) -> Detector:
-    "Load a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file as a `Detector` on `device`."
+    "Load a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or a raw ONNX export as a `Detector`."
+    if str(path).lower().endswith(".onnx"):  # ONNX Runtime behind the same Detector (export builds on this module)
+        from yolo_voc.export import load_onnx_detector
+        return load_onnx_detector(path, str(resolve_device(device)))
     device = resolve_device(device)
     if image_size is not None: check_predict_options(image_size=image_size)
     if str(path).lower().endswith(".weights"): return _load_darknet(path, device, image_size, width_mult, depth_mult)
@@ -609,73 +609,3 @@ def predict_to_folder(detector: Detector, sources, # images, videos and folders 
                           f"{out / 'predictions.jsonl'})") from None
     run.summary.errors, run.summary.earlier_files = run.errors, left
     return run.summary
-
-# %% ../nbs/10_predict.ipynb
-def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
-    "Add `--ckpt`, `--device` and `--unsafe-load` (the options every command that loads a model has)."
-    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file or Darknet .weights file")
-    p.add_argument("--device", default=default_device,
-                   help=f"torch device: auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:1... (default: {default_device})")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="load with torch.load(weights_only=False): only for checkpoints you trust")
-
-PREDICT_EPILOG = """output: OUT must be new or empty, unless --exist-ok (same names are then replaced, and files left from
-earlier runs are listed in predictions.json 'earlier_files'); OUT may not be, lie inside or hold an input
-unless --allow-input-overlap, and input files are never written over. Results are appended to
-OUT/predictions.jsonl image by image and OUT/predictions.json is written at the end.
-
-exit status:
-  0  at least one image was processed (unreadable files are reported on stderr and in 'errors')
-  1  no image could be processed
-  2  bad command line, option or checkpoint, or an unsafe OUT refused (nothing written)
-  3  an output could not be written (the message names the path; the results so far are in predictions.jsonl)"""
-
-def predict_parser() -> argparse.ArgumentParser:
-    "The arguments of `yolo-voc predict`."
-    p = argparse.ArgumentParser(prog="yolo-voc predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Detect objects in images, videos and folders of them: write each image with "
-                                "its boxes drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.",
-                                epilog=PREDICT_EPILOG)
-    p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER", help="image or video files and/or folders of them")
-    add_model_args(p, default_device="auto")
-    p.add_argument("--out", required=True, help="output folder, new or empty (created)")
-    p.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
-    p.add_argument("--allow-input-overlap", action="store_true",
-                   help="let --out be, lie inside or hold an input (input files are still never written over)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold in [0, 1] (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold in [0, 1] (default 0.45)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--max-detections", type=int, default=100, help="per image (default 100)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size, a multiple of 32 (default: the checkpoint's; 416 for Darknet .weights)")
-    p.add_argument("--save-txt", action="store_true", help="also write YOLO labels OUT/labels/<name>.txt ('class cx cy w h')")
-    p.add_argument("--save-xml", action="store_true", help="also write VOC annotations OUT/Annotations/<name>.xml")
-    p.add_argument("--save-video", action="store_true",
-                   help="write each input folder's frames (in name order) as one annotated OUT/<folder>.avi")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video videos (default 25)")
-    return p
-
-def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
-    "Parsed arguments, or the exit status argparse asked for (help, usage error)."
-    try: return parser.parse_args(argv)
-    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
-
-def predict_main(argv: list[str] | None = None) -> int:
-    "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
-    args = parse_or_status(predict_parser(), argv)
-    if isinstance(args, int): return args
-    def fail(message, status: int) -> int:
-        print(f"yolo-voc predict: {message}", file=sys.stderr); return status
-    try:
-        check_predict_options(args.conf, args.iou, args.batch_size, args.max_detections, args.image_size, args.fps)
-        device = resolve_device(args.device)
-        check_output(args.out, args.images, args.exist_ok, args.allow_input_overlap)  # before the model loads
-        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size)
-        summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
-                                    args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
-                                    args.fps, log=lambda m: print(f"yolo-voc predict: {m}", file=sys.stderr))
-    except OutputError as e: return fail(e, 3)
-    except (FileNotFoundError, CheckpointError, UnsafeOutputError, ValueError) as e: return fail(e, 2)
-    print(f"{summary.images} images, {summary.detections} detections, {len(summary.errors)} errors -> "
-          f"{Path(args.out) / 'predictions.json'}")
-    return 0 if summary.images else fail("no image could be processed", 1)
