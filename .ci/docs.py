@@ -376,6 +376,8 @@ def fix_links(body: str, nb_dir: Path, out: Path, nbs: Path) -> str:
         if not re.match(r"^[a-z][\w+.-]*:|^#", url) and ".ipynb" in url:
             path, _, frag = url.partition("#")
             target = (nb_dir / path).resolve()
+            if not target.exists() and (nbs.parent / path).exists():  # a link written for the README, from the repo root
+                target = (nbs.parent / path).resolve()
             try:
                 rel = target.relative_to(nbs.resolve()).with_suffix(".html")
             except ValueError:
