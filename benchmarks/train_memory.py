@@ -21,6 +21,7 @@ status is 1 when `growth_mb` > X.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -107,7 +108,8 @@ def measure(args, tmp: Path) -> int:
     cond = Conditions.from_args(args, "train_memory", own_threads=torch.get_num_threads()).start()
     rss_before = rss_mb()
     t0 = time.perf_counter()
-    trainer.fit(module, dm)
+    with contextlib.redirect_stdout(sys.stderr):  # the run's own report goes to stderr: stdout is the JSON
+        trainer.fit(module, dm)
     seconds = time.perf_counter() - t0
 
     samples = monitor.samples

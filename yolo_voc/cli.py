@@ -156,8 +156,9 @@ def train_command(subcommand: str, doc: str) -> Callable[[list[str]], int]:
 
 def lr_find(argv: list[str]) -> int:
     "Run the LR range test on the configured model and data; writes lr_find.json/png to a run folder."
-    from yolo_voc.train import MaxLRFinder, YoloCLI
+    from yolo_voc.train import MaxLRFinder, RunReport, YoloCLI
     cli = YoloCLI(args=list(argv), run=False, command="lr-find")
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, RunReport)]  # no training to report
     finder = next((c for c in cli.trainer.callbacks if isinstance(c, MaxLRFinder)), None)
     if finder is None:
         print("yolo-voc lr-find: --model.max_lr is given, so there is nothing to find", file=sys.stderr); return 2

@@ -304,7 +304,8 @@ class VOCDataModule(pl.LightningDataModule):
         pin_memory: pinned host memory for faster copies (default: when CUDA is available).
         synthetic_images: number of images of the synthetic set (root=None).
         synthetic_image_size: (width, height) of the synthetic images.
-        synthetic_classes: how many classes the synthetic set draws (the first N VOC names).
+        synthetic_classes: how many classes the synthetic set draws (the first N VOC names; `class_names`, when
+            given, are drawn instead).
     """
     def __init__(self, root: str | None = None, image_size: int = 416, batch_size: int = 16,
                  num_workers: int | None = None, mosaic_prob: float = 0.75, train_split: str = "trainval",
@@ -332,17 +333,22 @@ class VOCDataModule(pl.LightningDataModule):
     def class_names(self) -> tuple[str, ...]:
         "The classes in label order: given, or decided by the data (`voc.dataset_class_names`), never by the machine."
         if self._class_names is None:
-            self._class_names = (VOC_CLASSES[:self.hparams.synthetic_classes] if self.root is None
+            self._class_names = (self.synthetic_class_names() if self.root is None
                                  else dataset_class_names(self.root, cache=True))
         return self._class_names
     @property
     def num_classes(self) -> int: return len(self.class_names)
 
+    def synthetic_class_names(self) -> tuple[str, ...]:
+        "The classes the synthetic set draws: `class_names` when given, else the first `synthetic_classes` VOC names."
+        given = self.hparams.class_names
+        return tuple(given) if given is not None else VOC_CLASSES[:self.hparams.synthetic_classes]
+
     def dataset_root(self) -> Path:
         "The dataset folder: `root`, or the cached synthetic dataset (generated if needed)."
         if self.root is not None: return Path(self.root)
         hp = self.hparams
-        return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, VOC_CLASSES[:hp.synthetic_classes])
+        return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, self.synthetic_class_names())
 
     def augment_params(self) -> dict[str, Any]:
         "The `TrainAugment` overrides in use: `augment`, else `SYNTHETIC_AUGMENT` for the synthetic dataset."

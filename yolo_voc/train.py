@@ -287,7 +287,9 @@ class YoloModule(pl.LightningModule):
 class AtomicCheckpointIO(TorchCheckpointIO):
     "Checkpoint IO that writes to a temporary file, fsyncs it and renames it into place."
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))  # fsynced, then renamed into place
+        def write(tmp: Path):
+            with open(tmp, "wb") as f: torch.save(checkpoint, f)
+        atomic_write(path, write)  # fsynced, then renamed into place
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         ckpt = load_checkpoint_file(path, map_location)
@@ -376,6 +378,12 @@ class RunFiles(Callback):
         else:  # a new run starts its files afresh (a state restored by the LR range test is not a resume)
             self.lr_file.reset()
             if lg: lg.close(); lg.path.unlink(missing_ok=True)
+        skipped = getattr(trainer.datamodule, "skipped", None)  # problems the dataset check found and skip_bad skips
+        if skipped:
+            listing = [dict(file=p.file, problem=p.problem) for p in skipped]
+            atomic_write(self.run_dir / "skipped.json", lambda p: p.write_text(json.dumps(listing, indent=1)), durable=False)
+            print(f"yolo-voc: skipping {len(skipped)} problem(s), listed in {self.run_dir / 'skipped.json'}:\n"
+                  + "\n".join(f"  {p.file}: {p.problem}" for p in skipped), file=sys.stderr)
 
     @rank_zero_only
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -544,10 +552,7 @@ class MaxLRFinder(LearningRateFinder):
         pl_module.hparams.max_lr = self.result.suggestion
         trainer.strategy.setup_optimizers(trainer)  # the real optimizer and schedule, at the suggested rate
         self._report(trainer)
-        if exit_after:
-            self._early_exit = True
-            from pytorch_lightning.tuner.lr_finder import _TunerExitException
-            raise _TunerExitException()
+        if exit_after: trainer.should_stop = True  # `yolo-voc lr-find`: the suggestion is all that was asked for
 
     def _report(self, trainer):
         res = self.result
