@@ -8,7 +8,7 @@ command that makes one.
     python .ci/results.py                       # print the table (markdown)
     python .ci/results.py --check               # exit 1 when README.md's table differs from the files
     python .ci/results.py --main-job -- yolo-voc fit    # run the main job, record it as a main_job result file
-    python .ci/results.py --from-summary runs/yolo_voc/summary.json   # record a finished run (load before unknown)
+    python .ci/results.py --from-summary runs/yolo_voc/train/summary.json   # record a finished run (load before unknown)
 
 `.ci/readme.py` puts the same table into README.md between the markers `TABLE_START` and `TABLE_END`, where
 nbs/index.ipynb has its results code cell (which shows the table in the notebook with `render_table`).
@@ -293,8 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when the README's table differs from the files")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README --check reads")
     p.add_argument("--main-job", action="store_true", help="run the command after -- and record it as main_job")
-    p.add_argument("--summary", type=Path, default=Path("runs/yolo_voc/summary.json"),
-                   help="the summary.json the main job writes (default runs/yolo_voc/summary.json)")
+    p.add_argument("--summary", type=Path, default=Path("runs/yolo_voc/train/summary.json"),
+                   help="the summary.json the main job writes (default runs/yolo_voc/train/summary.json)")
     p.add_argument("--from-summary", type=Path, default=None, metavar="SUMMARY",
                    help="record a finished run's summary.json as main_job (not publishable: load unknown)")
     p.add_argument("--command", default="yolo-voc fit", help="the command --from-summary records")

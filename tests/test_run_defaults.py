@@ -5,6 +5,7 @@ No GPU here: the CUDA device properties of each GPU class are monkeypatched (sim
 """
 import json
 import os
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -180,8 +181,8 @@ def test_ddp_lr_finder_runs_once(tmp_path):
     r = cli("fit", *TINY, "--trainer.max_epochs", "1", "--lr_find_steps", "10", "--trainer.default_root_dir", run,
             "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
     out = r.stdout + r.stderr
-    rates = {line.split("]")[0].strip("["): float(line.rsplit("=", 1)[1])
-             for line in out.splitlines() if line.startswith("[rank ") and "LR finder: max_lr" in line}
+    # each rank prints its own line (a progress bar may share the line: search, don't anchor)
+    rates = {f"rank {r}": float(v) for r, v in re.findall(r"\[rank (\d)\] LR finder: max_lr = ([0-9.eE+-]+)", out)}
     print(rates)
     assert set(rates) == {"rank 0", "rank 1"} and rates["rank 0"] == rates["rank 1"]
     found = json.loads((run / "lr_find.json").read_text())
