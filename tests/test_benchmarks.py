@@ -120,7 +120,8 @@ def test_data_speed_json(tmp_path):
 def test_index_speed_json(tmp_path):
     r = run_json("index_speed.py", "--sizes", "30", "--repeat", "3", "--save-results", "--results-dir", str(tmp_path))
     [x] = r["results"]
-    assert x["n"] == 30 and len(x["check_runs_s"]) == 3 and x["check_s"] == round(sorted(x["check_runs_s"])[1], 3)
+    assert x["n"] == 30 and len(x["check_runs_s"]) == 3  # check_s is the median run, rounded to ms (runs are rounded to 0.1 ms)
+    assert abs(x["check_s"] - sorted(x["check_runs_s"])[1]) <= 0.0006
     check_conditions(r["conditions"], {"check_30", "check_cached_30"})
     saved(tmp_path, "index_speed", r)
 
