@@ -73,7 +73,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conditions import Conditions, add_arguments, describe, save_results
-from yolo_voc.boxes import ANCHORS, STRIDES, postprocess, unletterbox_boxes
+from yolo_voc.boxes import ANCHORS, STRIDES, Decoding, postprocess, unletterbox_boxes
 from yolo_voc.data import VOCDataModule, VOCDataset, collate, encode_targets, images_to_float, worker_init
 from yolo_voc.loss import YoloLoss
 from yolo_voc.metrics import MeanAveragePrecision
@@ -278,7 +278,6 @@ def evaluate_speed(model, loader, device, amp_dtype, channels_last: bool, num_cl
     "One pass over `loader`: forward, postprocess, unletterbox, mAP (voc07 + coco); seconds and counts."
     sync = sync_fn(device)
     model.eval()
-    anchors = ANCHORS.to(device)
     metric = MeanAveragePrecision(num_classes, methods=("voc07", "coco")).to(device)
     sync()
     t0 = time.perf_counter()
@@ -288,7 +287,7 @@ def evaluate_speed(model, loader, device, amp_dtype, channels_last: bool, num_cl
         if channels_last: images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images)  # 3 x [B, 3, S, S, 5+C]
-        dets = postprocess(outputs, anchors, STRIDES, conf_threshold=conf, iou_threshold=0.45, max_detections=100)
+        dets = postprocess(outputs, Decoding(), conf_threshold=conf, iou_threshold=0.45, max_detections=100)
         for d, info in zip(dets, infos):  # back to original image pixels
             d["boxes"] = unletterbox_boxes(d["boxes"], info["letterbox"])
             n_dets += len(d["scores"])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from yolo_voc.boxes import VOC_CLASSES, decode_outputs
-from yolo_voc.darknet import (COCO_CLASSES, DARKNET_ANCHORS, DarknetError, darknet_class_names, darknet_layout,
+from yolo_voc.darknet import (COCO_CLASSES, DARKNET_DECODING, DarknetError, darknet_cfg, darknet_class_names, darknet_layout,
                               load_darknet, model_from_darknet, save_darknet)
 from yolo_voc.model import YOLOv3
 
@@ -136,14 +136,14 @@ def test_row_meaning(tmp_path):
     out = outs[2]  # [1, 3, 8, 8, 7]
     torch.testing.assert_close(out[0, :, 3, 5, 0], torch.full((3,), logit(0.9)))
     torch.testing.assert_close(out[0, :, 3, 5, 1:5], torch.tensor([logit(0.25), logit(0.75), float(np.log(2.0)), 0.0]).expand(3, 4))
-    boxes, obj, cls = decode_outputs(outs, DARKNET_ANCHORS)
+    boxes, obj, cls = decode_outputs(outs, DARKNET_DECODING)
     fine = slice(3 * (4 + 16), None)
     torch.testing.assert_close(obj[0, fine], torch.full((192,), 0.9))
-    # anchor 1 (16 x 30 px at 416) in cell (row 3, col 5) of the stride-8 grid: centre (5.25, 3.75) cells
-    w, h = 2 * 16 / 416 * 64, 30 / 416 * 64
+    # anchor 1 (16 x 30 px, at any input size) in cell (row 3, col 5) of the stride-8 grid: centre (5.25, 3.75) cells
+    w, h = 2 * 16, 30
     cx, cy = 5.25 * 8, 3.75 * 8
     torch.testing.assert_close(boxes[0, fine].view(3, 8, 8, 4)[1, 3, 5], torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]))
-    torch.testing.assert_close(cls[0, fine][0], torch.tensor([3.0, 1.0]).softmax(0))
+    torch.testing.assert_close(cls[0, fine][0], torch.tensor([3.0, 1.0]).sigmoid())  # Darknet's logistic classes
     # and back: writing the loaded model gives the hand-written file
     assert save_darknet(model, tmp_path / "again.weights", seen=5).read_bytes() == path.read_bytes()
 
@@ -239,3 +239,67 @@ def test_coco_names():
     assert COCO_CLASSES[56:63] == ("chair", "sofa", "pottedplant", "bed", "diningtable", "toilet", "tvmonitor")
     assert COCO_CLASSES[-4:] == ("scissors", "teddy bear", "hair drier", "toothbrush")
     assert set(VOC_CLASSES) <= set(COCO_CLASSES)
+
+
+# -- the cfg ---------------------------------------------------------------------------------------------------
+def cfg_layers(text: str) -> list[str]:
+    "One token per layer of a Darknet cfg (after [net]): c<filters>/<size>[s2][L] for convolutions (L: linear, no BatchNorm), "
+    "s<from> shortcut, r<layers> route, u<stride> upsample, y<mask>/<classes>/<anchors> yolo."
+    sections, cur = [], None
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if not line: continue
+        if line.startswith("["): cur = {"": line.strip("[]")}; sections.append(cur)
+        else:
+            k, v = (t.strip() for t in line.split("=", 1))
+            cur[k] = v.replace(" ", "")
+    out = []
+    for s in sections[1:]:
+        kind = s[""]
+        if kind == "convolutional":
+            linear = s.get("activation") == "linear" and not s.get("batch_normalize")
+            out.append(f"c{s['filters']}/{s['size']}" + ("s2" if s.get("stride") == "2" else "") + ("L" if linear else ""))
+        elif kind == "shortcut": out.append(f"s{s['from']}")
+        elif kind == "route": out.append(f"r{s['layers']}")
+        elif kind == "upsample": out.append(f"u{s['stride']}")
+        elif kind == "yolo": out.append(f"y{s['mask']}/{s['classes']}/{s['num']}/{s['anchors']}")
+        else: out.append(kind)
+    return out
+
+
+# The layers of the published cfg/yolov3.cfg (pjreddie/darknet), written out from that file: 107 layers after [net].
+ANCHORS_CFG = "10,13,16,30,33,23,30,61,62,45,59,119,116,90,156,198,373,326"
+PUBLISHED_YOLOV3 = (
+    "c32/3 c64/3s2 c32/1 c64/3 s-3 c128/3s2 " + "c64/1 c128/3 s-3 " * 2 + "c256/3s2 " + "c128/1 c256/3 s-3 " * 8
+    + "c512/3s2 " + "c256/1 c512/3 s-3 " * 8 + "c1024/3s2 " + "c512/1 c1024/3 s-3 " * 4
+    + "c512/1 c1024/3 c512/1 c1024/3 c512/1 c1024/3 c255/1L " + f"y6,7,8/80/9/{ANCHORS_CFG} r-4 "
+    + "c256/1 u2 r-1,61 c256/1 c512/3 c256/1 c512/3 c256/1 c512/3 c255/1L " + f"y3,4,5/80/9/{ANCHORS_CFG} r-4 "
+    + "c128/1 u2 r-1,36 c128/1 c256/3 c128/1 c256/3 c128/1 c256/3 c255/1L " + f"y0,1,2/80/9/{ANCHORS_CFG}").split()
+
+
+def test_cfg_is_the_published_yolov3_cfg():
+    "The cfg of a full-width, full-depth 80-class model has yolov3.cfg's 107 layers, in order, with its parameters."
+    with torch.device("meta"): model = YOLOv3(80)
+    cfg = darknet_cfg(model, image_size=608)
+    assert len(PUBLISHED_YOLOV3) == 107 and sum(t.startswith("c") for t in PUBLISHED_YOLOV3) == 75
+    assert cfg_layers(cfg) == PUBLISHED_YOLOV3
+    assert "width=608\nheight=608\nchannels=3" in cfg
+
+
+def test_cfg_of_narrow_models_and_other_decodings():
+    "Narrow and shallow models get their own filters and route numbers; fraction anchors become pixels of the cfg's size."
+    model = random_model(num_classes=2)  # width 0.25, depth 0.33: stages of 1, 1, 3, 3, 1 units
+    layers = cfg_layers(darknet_cfg(model))
+    assert len([t for t in layers if t.startswith("c")]) == len(list(m for m in model.modules() if isinstance(m, nn.Conv2d)))
+    routes = [t for t in layers if t.startswith("r-1,")]
+    # stage outputs: stem 0; stage i = 1 downsample + 3 layers per unit; route to the 256 (stage 2) and 512 (stage 3) ends
+    ends, at = [], 0
+    for units in (1, 1, 3, 3, 1): at += 1 + 3 * units; ends.append(at)
+    assert routes == [f"r-1,{ends[3]}", f"r-1,{ends[2]}"]
+    assert [t.split("/")[0] for t in layers if t.startswith("y")] == ["y6,7,8", "y3,4,5", "y0,1,2"]
+    assert layers[-2] == "c21/1L"  # 3 * (5 + 2) outputs
+    from yolo_voc.boxes import Decoding
+    frac = darknet_cfg(model, Decoding("logistic"), image_size=320)  # ANCHORS x 320: 0.02 x 0.03 -> 6.4 x 9.6 px
+    assert "anchors=6.4,9.6,  12.8,22.4," in frac
+    with pytest.raises(DarknetError, match="softmax"):
+        darknet_cfg(model, Decoding("softmax"))

@@ -127,8 +127,8 @@ def test_end_to_end_module_equals_postprocess(ckpts):
     nms = NmsSettings(conf=0.05, iou=0.45, max_detections=20)
     x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        boxes, scores, labels, counts = EndToEnd(det.model, det.anchors, nms)(x)
-        ref = postprocess(det.model(x), det.anchors, conf_threshold=0.05, iou_threshold=0.45, max_detections=20)
+        boxes, scores, labels, counts = EndToEnd(det.model, det.decoding, nms)(x)
+        ref = postprocess(det.model(x), det.decoding, conf_threshold=0.05, iou_threshold=0.45, max_detections=20)
     assert boxes.shape == (3, 20, 4) and scores.shape == labels.shape == (3, 20) and counts.shape == (3,)
     assert counts.tolist() == [len(r["scores"]) for r in ref] and min(counts.tolist()) >= 2
     for i, r in enumerate(ref):
@@ -196,7 +196,7 @@ def test_detector_on_onnx_file(ckpts, data, tmp_path):
     det = load_detector(ckpts["weights"])
     onnx_det = load_onnx_detector(export_onnx(det, tmp_path / "m.onnx"))
     assert (onnx_det.class_names, onnx_det.image_size) == (NAMES, SIZE)
-    torch.testing.assert_close(onnx_det.anchors, det.anchors)
+    assert onnx_det.decoding == det.decoding
     images = images_of(data)[:4]
     session = onnx_det.model.session
     got, ref = onnx_det.predict(images, conf=0.05), det.predict(images, conf=0.05)

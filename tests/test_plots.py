@@ -249,14 +249,14 @@ def test_write_evaluation_report(tmp_path):
 def test_prediction_images_callback(tmp_path, synth_voc):
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_models import NAMES, tiny_model
-    from yolo_voc.boxes import ANCHORS
+    from yolo_voc.boxes import Decoding
     from yolo_voc.data import VOCDataset
     from yolo_voc.plots import PredictionImages
     from yolo_voc.voc import load_annotations
     model = tiny_model()
 
     class Module:  # what the callback uses of a YoloModule
-        device, anchors, class_names, hparams = torch.device("cpu"), ANCHORS, NAMES, SimpleNamespace(nms_iou=0.45)
+        device, decoding, class_names, hparams = torch.device("cpu"), Decoding(), NAMES, SimpleNamespace(nms_iou=0.45)
         def __call__(self, images): return model(images)
 
     ds = VOCDataset(load_annotations(synth_voc, split=None)[:3], size=128, train=False)

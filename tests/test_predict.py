@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from yolo_voc.boxes import STRIDES, postprocess, unletterbox_boxes
+from yolo_voc.boxes import postprocess, unletterbox_boxes
 from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
@@ -151,8 +151,9 @@ def test_save_weights_atomic_and_self_contained(ckpts, tmp_path):
     path = save_weights(det, tmp_path / "sub" / "w.pt")
     assert sorted(p.name for p in path.parent.iterdir()) == ["w.pt"]  # no temporary file left
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "yolo_voc.weights/1" and set(raw) == {"format", "model", "class_names", "image_size",
-                                                                   "anchors", "state_dict"}
+    assert raw["format"] == "yolo_voc.weights/2" and set(raw) == {"format", "model", "class_names", "image_size",
+                                                                   "decoding", "state_dict"}
+    assert raw["decoding"] == det.decoding.to_dict()
     ck = read_checkpoint(path)
     assert ck["class_names"] == NAMES and ck["image_size"] == SIZE
     with pytest.raises(ValueError, match="width_mult"):
@@ -168,7 +169,7 @@ def test_predict_maps_back_to_original_pixels(ckpts, images):
     assert sum(len(r) for r in res) > 0
     for p, r in zip(paths, res):
         x, lb = det.preprocess(p)
-        ref = postprocess(det.forward(x[None]), det.anchors, STRIDES, conf_threshold=0.05, iou_threshold=0.45)[0]
+        ref = postprocess(det.forward(x[None]), det.decoding, conf_threshold=0.05, iou_threshold=0.45)[0]
         np.testing.assert_allclose(r.boxes, unletterbox_boxes(ref["boxes"], lb).numpy(), atol=1e-3)
         np.testing.assert_allclose(r.scores, ref["scores"].numpy(), atol=1e-5)
         with Image.open(p) as im:

@@ -74,3 +74,50 @@ def test_fit_from_a_darknet_backbone(tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Darknet convolutions loaded" not in r.stdout + r.stderr
+
+
+# -- the conventions of the heads (issue 21) ------------------------------------------------------------------------
+def test_kept_darknet_heads_train_with_darknet_conventions(tmp_path):
+    "A full Darknet file with the model's class count: BCE classes and yolov3.cfg's pixel anchors at every input size."
+    from yolo_voc.boxes import Decoding
+    from yolo_voc.darknet import DARKNET_ANCHORS, DARKNET_DECODING
+    from yolo_voc.data import encode_targets
+    from yolo_voc.loss import YoloLoss
+    torch.manual_seed(4)
+    save_darknet(YOLOv3(4, **W), tmp_path / "four.weights")
+    kept = YoloModule(num_classes=4, **W, pretrained=str(tmp_path / "four.weights"))
+    assert (kept.decoding, kept.hparams.class_loss, kept.loss_fn.class_loss) == (DARKNET_DECODING, "bce", "bce")
+    other = YoloModule(num_classes=3, **W, pretrained=str(tmp_path / "four.weights"))  # heads re-initialised
+    assert (other.decoding, other.hparams.class_loss) == (Decoding(), "ce")
+    asked = YoloModule(num_classes=4, **W, pretrained=str(tmp_path / "four.weights"), class_loss="ce")
+    assert asked.decoding == Decoding("softmax", DARKNET_ANCHORS, "pixels")  # the loss asked for; the heads' anchors
+    # the training loss at 608 encodes and scores against 373 / 608 of the input, not 373 / 416
+    images = torch.rand(2, 3, 608, 608)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.6, 0.5], [1, 3, 0.3, 0.6, 0.05, 0.08]])
+    kept.eval()
+    with torch.no_grad(): _, _, parts = kept._loss(images, targets)
+    for px, same in ((DARKNET_ANCHORS / 608, True), (DARKNET_ANCHORS / 416, False)):
+        enc = encode_targets(targets, 2, (608, 608), px)
+        with torch.no_grad():
+            ref = YoloLoss(px, **{k: kept.hparams[k] for k in ("lambda_box", "lambda_noobj", "lambda_obj", "lambda_class")},
+                           obj_target="iou", obj_loss="bce", class_loss="bce")(kept.model(images), enc)
+        assert torch.allclose(parts["loss"], ref["loss"], rtol=1e-5) == same
+
+
+def test_fit_from_a_full_darknet_file_keeps_its_conventions(tmp_path):
+    "`yolo-voc fit --model.pretrained` with a full Darknet file of the data's class count: the checkpoint decodes as Darknet."
+    from yolo_voc.darknet import DARKNET_DECODING
+    from yolo_voc.predict import load_detector
+    torch.manual_seed(5)
+    save_darknet(YOLOv3(4, **W), tmp_path / "four.weights")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("YOLO_VOC_RUN_PLAN", None)
+    r = subprocess.run(["yolo-voc", "fit", *TINY, "--trainer.max_epochs", "1", "--trainer.default_root_dir", tmp_path / "run",
+                        "--model.pretrained", tmp_path / "four.weights"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "47 Darknet convolutions loaded" in r.stdout + r.stderr  # all of them: the heads are kept
+    assert "decoding: logistic classes, anchors 10x13 .. 373x326 px (class_loss=bce)" in r.stdout + r.stderr
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    raw = torch.load(ckpt, weights_only=False)
+    assert raw["hyper_parameters"]["class_loss"] == "bce" and raw["yolo_voc"]["decoding"] == DARKNET_DECODING.to_dict()
+    assert load_detector(ckpt).decoding == DARKNET_DECODING

@@ -5,16 +5,17 @@
 # %% ../nbs/00_boxes.ipynb 3
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torchvision
 
 # %% auto 0
-__all__ = ['VOC_CLASSES', 'ANCHORS', 'STRIDES', 'xyxy_to_cxcywh', 'cxcywh_to_xyxy', 'normalize_boxes', 'denormalize_boxes',
-           'box_iou', 'wh_iou', 'Letterbox', 'letterbox_params', 'letterbox_boxes', 'unletterbox_boxes',
-           'decode_outputs', 'postprocess']
+__all__ = ['VOC_CLASSES', 'ANCHORS', 'STRIDES', 'CLASS_RULES', 'ANCHOR_UNITS', 'CLASS_RULE_OF_LOSS', 'xyxy_to_cxcywh',
+           'cxcywh_to_xyxy', 'normalize_boxes', 'denormalize_boxes', 'box_iou', 'wh_iou', 'Letterbox',
+           'letterbox_params', 'letterbox_boxes', 'unletterbox_boxes', 'Decoding', 'decode_outputs', 'postprocess']
 
 # %% ../nbs/00_boxes.ipynb
 VOC_CLASSES: tuple[str, ...] = (
@@ -108,29 +109,132 @@ def unletterbox_boxes(boxes: torch.Tensor, lb: Letterbox) -> torch.Tensor:
     return torch.minimum(out.clamp(min=0), limit)
 
 # %% ../nbs/00_boxes.ipynb
-def decode_outputs(outputs: list[torch.Tensor], anchors: torch.Tensor = ANCHORS, strides: tuple[int, ...] = STRIDES):
-    "Decode head outputs `[B, 3, S, S, 5+C]` to boxes `[B, N, 4]` (input pixels, xyxy), objectness `[B, N]` and class probabilities `[B, N, C]`."
+CLASS_RULES = ("softmax", "logistic")  #: how class logits become probabilities
+ANCHOR_UNITS = ("fraction", "pixels")  #: anchors as fractions of the input side, or in input pixels (Darknet's cfg)
+#: the class rule that a class loss trains: cross-entropy a softmax, one binary cross-entropy per class a logistic
+CLASS_RULE_OF_LOSS = {"ce": "softmax", "bce": "logistic"}
+
+def _float32_exact(v) -> float:
+    "`v` as the shortest decimal that float32 reads back to the same value (0.28, not 0.2800000011920929)."
+    return float(str(np.float32(v)))
+
+@functools.lru_cache(maxsize=64)
+def _anchor_tensor(anchors: tuple, device: str) -> torch.Tensor:
+    "Anchors as a float32 tensor on `device`, made once per device (no host-to-device copy per training step)."
+    return torch.tensor(anchors, dtype=torch.float32, device=device)
+
+@dataclass(frozen=True)
+class Decoding:
+    "How a model's raw head outputs become boxes and scores: class rule, anchors `[scale, anchor, (w, h)]` and their units, strides."
+    class_rule: str = "softmax"  # "softmax" (trained with cross-entropy) or "logistic" (BCE, every Darknet model)
+    anchors: tuple = tuple(tuple(tuple(a) for a in s) for s in ANCHORS.tolist())  # coarsest scale first
+    anchor_units: str = "fraction"  # "fraction" of the input side, or "pixels" of the input
+    strides: tuple = STRIDES  # downsampling of each head, in the order of `anchors`
+
+    def __post_init__(self):
+        if self.class_rule not in CLASS_RULES:
+            raise ValueError(f"decoding: class_rule={self.class_rule!r}, expected one of {CLASS_RULES}")
+        if self.anchor_units not in ANCHOR_UNITS:
+            raise ValueError(f"decoding: anchor_units={self.anchor_units!r}, expected one of {ANCHOR_UNITS}")
+        a = np.asarray(self.anchors.tolist() if isinstance(self.anchors, torch.Tensor) else self.anchors, dtype=np.float64)
+        strides = tuple(int(s) for s in self.strides)
+        if a.ndim != 3 or a.shape[0] != len(strides) or a.shape[2] != 2 or a.shape[1] < 1:
+            raise ValueError(f"decoding: anchors must be [{len(strides)} scales, anchors, 2], got shape {list(a.shape)}")
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError("decoding: anchors must be positive and finite")
+        if any(s < 1 for s in strides) or list(strides) != [float(s) for s in self.strides]:
+            raise ValueError(f"decoding: strides must be positive whole numbers, got {list(self.strides)}")
+        object.__setattr__(self, "anchors", tuple(tuple(tuple(_float32_exact(v) for v in wh) for wh in s) for s in a))
+        object.__setattr__(self, "strides", strides)
+
+    def anchor_tensor(self, device=None) -> torch.Tensor:
+        "The anchors `[scales, A, 2]` in their own units (fractions or pixels), float32."
+        return _anchor_tensor(self.anchors, str(torch.device(device or "cpu")))
+
+    def fraction_anchors(self, width: int, # the input's width in pixels
+                         height: int | None = None, # its height (default: `width`)
+                         device=None) -> torch.Tensor:
+        "Anchors `[scales, A, 2]` as fractions of a `width` x `height` input: what target encoding, the loss and decoding use there."
+        a = self.anchor_tensor(device)
+        if self.anchor_units == "fraction": return a.clone()
+        return torch.stack([a[..., 0] / width, a[..., 1] / (height or width)], -1)  # Python scalars: no copy to the device
+
+    def pixel_anchors(self, width: int, height: int | None = None, device=None) -> torch.Tensor:
+        "Anchors `[scales, A, 2]` in pixels of a `width` x `height` input."
+        a = self.anchor_tensor(device)
+        if self.anchor_units == "pixels": return a.clone()
+        return torch.stack([a[..., 0] * width, a[..., 1] * (height or width)], -1)
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        "Class probabilities `[..., C]` of class logits `[..., C]` by the class rule."
+        return logits.softmax(-1) if self.class_rule == "softmax" else logits.sigmoid()
+
+    def to_dict(self) -> dict:
+        "A plain, JSON-ready dict (nested lists and numbers)."
+        return dict(class_rule=self.class_rule, anchors=[[list(wh) for wh in s] for s in self.anchors],
+                    anchor_units=self.anchor_units, strides=list(self.strides))
+
+    @classmethod
+    def from_dict(cls, d: dict, # from `to_dict`; a missing field takes its default, the value of models that predate it
+                  what: str | None = None, # names the source in errors (a file name)
+                 ) -> "Decoding":
+        "The `Decoding` of a dict from `to_dict`, of this or an earlier version."
+        prefix = f"{what}: " if what else ""
+        if isinstance(d, Decoding): return d
+        if not isinstance(d, dict): raise ValueError(f"{prefix}decoding: must be a dict, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:  # a newer version's field: decoding without it would be silently wrong
+            raise ValueError(f"{prefix}decoding field(s) {unknown} are unknown to this version of yolo_voc; upgrade it to read this file")
+        try: return cls(**{k: (tuple(v) if k == "strides" else v) for k, v in d.items()})
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            raise ValueError(prefix + (msg if msg.startswith("decoding:") else f"decoding: {msg}")) from None
+
+    @classmethod
+    def trained_with(cls, class_loss: str, **kw) -> "Decoding":
+        "The decoding of a model trained with `class_loss` (`ce` or `bce`); other fields from `kw`."
+        if class_loss not in CLASS_RULE_OF_LOSS:
+            raise ValueError(f"decoding: class_loss={class_loss!r}, expected one of {tuple(CLASS_RULE_OF_LOSS)}")
+        return cls(CLASS_RULE_OF_LOSS[class_loss], **kw)
+
+    def __str__(self) -> str:
+        unit = "px" if self.anchor_units == "pixels" else "of the input side"
+        first, last = self.anchors[-1][0], self.anchors[0][-1]
+        return f"{self.class_rule} classes, anchors {first[0]:g}x{first[1]:g} .. {last[0]:g}x{last[1]:g} {unit}"
+
+# %% ../nbs/00_boxes.ipynb
+def decode_outputs(outputs: list[torch.Tensor], # head outputs `[B, A, S, S, 5+C]`, coarsest first
+                   decoding: Decoding | None = None, # the model's decoding (default: `Decoding()`, softmax, fraction anchors)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Decode head outputs to boxes `[B, N, 4]` (input pixels, xyxy), objectness `[B, N]` and class probabilities `[B, N, C]`."
+    if decoding is None: decoding = Decoding()
+    if not isinstance(decoding, Decoding):
+        raise TypeError(f"decode_outputs: pass the model's boxes.Decoding, not a {type(decoding).__name__} (anchors alone "
+                        "do not say how to decode)")
+    _, _, sy, sx, _ = outputs[0].shape
+    width, height = sx * decoding.strides[0], sy * decoding.strides[0]  # the input, from the coarsest grid
+    anchors = decoding.pixel_anchors(width, height, outputs[0].device)  # [scales, A, 2] input pixels
     boxes, obj, cls = [], [], []
-    for out, anc, stride in zip(outputs, anchors, strides):
+    for out, anc, stride in zip(outputs, anchors, decoding.strides):
         b, a, sy, sx, _ = out.shape
         out = out.float()
         gy, gx = torch.meshgrid(torch.arange(sy, device=out.device), torch.arange(sx, device=out.device), indexing="ij")
-        cx = (out[..., 1].sigmoid() + gx) * stride  # [B, 3, S, S]
+        cx = (out[..., 1].sigmoid() + gx) * stride  # [B, A, S, S]
         cy = (out[..., 2].sigmoid() + gy) * stride
-        # anchors are fractions of the input side; the input is `S * stride` pixels wide
-        wh = out[..., 3:5].clamp(max=10).exp() * anc.to(out.device).view(1, a, 1, 1, 2) * out.new_tensor([sx * stride, sy * stride])
+        wh = out[..., 3:5].clamp(max=10).exp() * anc.view(1, a, 1, 1, 2)  # [B, A, S, S, 2]
         xyxy = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
         boxes.append(xyxy.reshape(b, -1, 4))
         obj.append(out[..., 0].sigmoid().reshape(b, -1))
-        cls.append(out[..., 5:].softmax(-1).reshape(b, a * sy * sx, -1))
+        cls.append(decoding.class_probabilities(out[..., 5:]).reshape(b, a * sy * sx, -1))
     return torch.cat(boxes, 1), torch.cat(obj, 1), torch.cat(cls, 1)
 
 # %% ../nbs/00_boxes.ipynb
-def postprocess(outputs: list[torch.Tensor], anchors: torch.Tensor = ANCHORS, strides: tuple[int, ...] = STRIDES,
+def postprocess(outputs: list[torch.Tensor], decoding: Decoding | None = None,
                 conf_threshold: float = 0.05, iou_threshold: float = 0.45, max_detections: int = 100,
                 pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
-    "Head outputs to per-image dicts of `boxes` `[n, 4]` (input pixels, xyxy), `scores` `[n]` and `labels` `[n]`."
-    boxes, obj, cls = decode_outputs(outputs, anchors, strides)
+    "Head outputs to per-image dicts of `boxes` `[n, 4]` (input pixels, xyxy), `scores` `[n]` and `labels` `[n]`, decoded with `decoding`."
+    boxes, obj, cls = decode_outputs(outputs, decoding)
+    strides = (decoding or Decoding()).strides
     batch, n = obj.shape
     cls_prob, labels = cls.max(-1)
     scores = obj * cls_prob  # [B, N]

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import torch
 
-from .boxes import ANCHORS, VOC_CLASSES
+from .boxes import VOC_CLASSES, Decoding
 
 # %% auto 0
-__all__ = ['WEIGHTS_FORMAT', 'atomic_write', 'CheckpointError', 'torch_load', 'read_checkpoint', 'save_weights',
-           'load_checkpoint_file', 'check_checkpoint_fits']
+__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_FORMATS', 'atomic_write', 'CheckpointError', 'torch_load', 'checkpoint_decoding',
+           'read_checkpoint', 'save_weights', 'load_checkpoint_file', 'check_checkpoint_fits']
 
 # %% ../nbs/07a_checkpoint.ipynb
 def atomic_write(path, write: Callable[[Path], Any], durable: bool = True) -> Path:
@@ -41,7 +41,9 @@ def atomic_write(path, write: Callable[[Path], Any], durable: bool = True) -> Pa
     return path
 
 # %% ../nbs/07a_checkpoint.ipynb
-WEIGHTS_FORMAT = "yolo_voc.weights/1"
+WEIGHTS_FORMAT = "yolo_voc.weights/2"
+#: every weights format this version reads (`/1` predates the decoding: softmax classes, fraction anchors)
+WEIGHTS_FORMATS = ("yolo_voc.weights/1", WEIGHTS_FORMAT)
 _SAFE_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 
 class CheckpointError(ValueError):
@@ -71,20 +73,39 @@ def _strip_prefix(state_dict: dict, prefix: str) -> dict:
     out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     return {k.replace("_orig_mod.", ""): v for k, v in out.items()}
 
+def _model_hparams(ckpt: dict) -> dict:
+    "A Lightning checkpoint's hyperparameters, flattened (LightningCLI may nest the model's under `model`)."
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    return {**hp.pop("model"), **hp} if isinstance(hp.get("model"), dict) else hp
+
+def checkpoint_decoding(ckpt: dict, # a loaded Lightning checkpoint or weights file
+                        what="checkpoint", # names the file in errors
+                       ) -> Decoding:
+    "How the model of `ckpt` decodes its outputs; files written before it was recorded: their `class_loss` (default ce), fraction anchors."
+    if "format" in ckpt:  # a weights file
+        saved, hp = ckpt.get("decoding"), {"anchors": ckpt.get("anchors")}
+    else:
+        saved, hp = (ckpt.get("yolo_voc") or {}).get("decoding"), _model_hparams(ckpt)
+    try:
+        if saved is not None: return Decoding.from_dict(saved)
+        anchors = {} if hp.get("anchors") is None else {"anchors": hp["anchors"]}
+        return Decoding.trained_with(hp.get("class_loss") or "ce", **anchors)  # ce: every release's default before
+    except ValueError as e: raise CheckpointError(f"{what}: {e}") from None
+
 def read_checkpoint(path, weights_only: bool = True) -> dict:
-    "Read a Lightning `.ckpt` or a weights file into `dict(model=settings, class_names, image_size, anchors, state_dict)`."
+    "Read a Lightning `.ckpt` or a weights file into `dict(model=settings, class_names, image_size, decoding, state_dict)`."
     path = Path(path)
     ckpt = torch_load(path, weights_only)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a yolo_voc checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     if "format" in ckpt:
-        if ckpt["format"] != WEIGHTS_FORMAT:
-            raise CheckpointError(f"{path}: unsupported weights format {ckpt['format']!r} (this version reads {WEIGHTS_FORMAT!r})")
+        if ckpt["format"] not in WEIGHTS_FORMATS:
+            raise CheckpointError(f"{path}: unsupported weights format {ckpt['format']!r} (this version reads "
+                                  f"{', '.join(map(repr, WEIGHTS_FORMATS))}; a newer yolo_voc wrote it: upgrade)")
         hp, state_dict = dict(ckpt["model"]), ckpt["state_dict"]
-        hp.update(class_names=ckpt.get("class_names"), image_size=ckpt.get("image_size"), anchors=ckpt.get("anchors"))
+        hp.update(class_names=ckpt.get("class_names"), image_size=ckpt.get("image_size"))
     elif "state_dict" in ckpt and "hyper_parameters" in ckpt:
-        hp = dict(ckpt["hyper_parameters"])
-        if isinstance(hp.get("model"), dict): hp = {**hp.pop("model"), **hp}
+        hp = _model_hparams(ckpt)
         state_dict = _strip_prefix(ckpt["state_dict"], "model.")
         if not state_dict:
             raise CheckpointError(f"{path}: the checkpoint's state_dict has no 'model.' weights")
@@ -99,38 +120,41 @@ def read_checkpoint(path, weights_only: bool = True) -> dict:
         raise CheckpointError(f"{path}: {len(names)} class names for num_classes={num_classes}")
     size = hp.get("image_size") or 416
     size = int(max(size) if isinstance(size, (list, tuple)) else size)
-    anchors = torch.as_tensor(hp["anchors"] if hp.get("anchors") is not None else ANCHORS, dtype=torch.float32)
-    if anchors.shape != (3, 3, 2): raise CheckpointError(f"{path}: anchors must be [3, 3, 2], got {list(anchors.shape)}")
+    decoding = checkpoint_decoding(ckpt, path)
     model = dict(num_classes=num_classes, width_mult=float(hp.get("width_mult", 1.0)),
                  depth_mult=float(hp.get("depth_mult", 1.0)), backbone=hp.get("backbone") or "darknet53")
-    return dict(model=model, class_names=list(names), image_size=size, anchors=anchors, state_dict=state_dict)
+    return dict(model=model, class_names=list(names), image_size=size, decoding=decoding, state_dict=state_dict)
 
 # %% ../nbs/07a_checkpoint.ipynb
-def save_weights(obj, path, class_names=None, image_size: int | None = None, anchors=None, **model_config) -> Path:
-    "Write the `yolo_voc.weights/1` file of a `predict.Detector`, a training `LightningModule` or a `YOLOv3` (atomically)."
+def save_weights(obj, # a `predict.Detector`, a training `LightningModule` or a `YOLOv3`
+                 path, # the file to write
+                 class_names=None, image_size: int | None = None, # default: the object's (or VOC's / 416)
+                 decoding: Decoding | None = None, # default: the object's; a bare YOLOv3: `Decoding()`
+                 **model_config, # a bare YOLOv3's settings: num_classes, width_mult, depth_mult, backbone
+                ) -> Path:
+    "Write the `yolo_voc.weights/2` file of a `predict.Detector`, a training `LightningModule` or a `YOLOv3` (atomically)."
     if hasattr(obj, "model_config") and hasattr(obj, "class_names"):  # a predict.Detector
         model, cfg = obj.model, dict(obj.model_config)
         class_names = class_names or obj.class_names
         image_size = image_size or obj.image_size
-        anchors = obj.anchors if anchors is None else anchors
     elif hasattr(obj, "hparams") and isinstance(getattr(obj, "model", None), torch.nn.Module):
         model, hp = obj.model, dict(obj.hparams)
         cfg = {k: hp[k] for k in ("num_classes", "width_mult", "depth_mult", "backbone") if k in hp}
         class_names = class_names or hp.get("class_names")
         image_size = image_size or hp.get("image_size")
-        anchors = hp.get("anchors") if anchors is None else anchors
     else:
         model, cfg = obj, {k: getattr(obj, k) for k in ("num_classes", "width_mult", "depth_mult", "backbone")
                            if isinstance(getattr(obj, k, None), (int, float, str))}
+    decoding = decoding or getattr(obj, "decoding", None) or Decoding()
+    if not isinstance(decoding, Decoding): raise TypeError(f"save_weights: decoding must be a boxes.Decoding, not {type(decoding).__name__}")
     cfg.update(model_config)
     missing = [k for k in ("num_classes", "width_mult", "depth_mult") if k not in cfg]
     if missing: raise ValueError(f"save_weights: pass the model settings {missing} (they can't be read from {type(obj).__name__})")
     cfg.setdefault("backbone", "darknet53")
     class_names = list(class_names or (VOC_CLASSES if cfg["num_classes"] == 20 else [str(i) for i in range(cfg["num_classes"])]))
     if isinstance(image_size, (list, tuple)): image_size = max(image_size)
-    anchors = torch.as_tensor(ANCHORS if anchors is None else anchors, dtype=torch.float32)
     payload = {"format": WEIGHTS_FORMAT, "model": cfg, "class_names": class_names, "image_size": int(image_size or 416),
-               "anchors": anchors.tolist(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "decoding": decoding.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 # %% ../nbs/07a_checkpoint.ipynb

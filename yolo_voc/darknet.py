@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .boxes import VOC_CLASSES
+from .boxes import VOC_CLASSES, Decoding
 from .checkpoint import atomic_write
 from .model import ConvBlock, Darknet53, PredictionConv, YOLOv3
 
 # %% auto 0
-__all__ = ['COCO_CLASSES', 'DARKNET_ANCHORS', 'HEADER_BYTES', 'DarknetError', 'DarknetConv', 'darknet_convs', 'DarknetLayout',
-           'darknet_layout', 'darknet_row_order', 'DarknetInfo', 'load_darknet', 'save_darknet', 'darknet_class_names',
-           'model_from_darknet']
+__all__ = ['COCO_CLASSES', 'DARKNET_ANCHORS', 'DARKNET_DECODING', 'HEADER_BYTES', 'DarknetError', 'DarknetConv', 'darknet_convs',
+           'DarknetLayout', 'darknet_layout', 'darknet_row_order', 'DarknetInfo', 'load_darknet', 'save_darknet',
+           'darknet_cfg', 'darknet_class_names', 'model_from_darknet']
 
 # %% ../nbs/04a_darknet.ipynb
 #: The 80 COCO classes in the order of Darknet's `data/coco.names` (its VOC-style spellings: motorbike, aeroplane, sofa, ...).
@@ -36,12 +36,15 @@ COCO_CLASSES: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
-#: yolov3.cfg's anchors (pixels of its 416 input) as fractions of the input side, `[scale, anchor, (w, h)]`, coarsest first.
+#: yolov3.cfg's anchors in pixels of the network input (at any input size), `[scale, anchor, (w, h)]`, coarsest first.
 DARKNET_ANCHORS = torch.tensor([
-    [(116, 90), (156, 198), (373, 326)],  # mask 6,7,8: stride 32
-    [(30, 61), (62, 45), (59, 119)],      # mask 3,4,5: stride 16
-    [(10, 13), (16, 30), (33, 23)],       # mask 0,1,2: stride 8
-]) / 416  # [3, 3, 2]
+    [(116., 90.), (156., 198.), (373., 326.)],  # mask 6,7,8: stride 32
+    [(30., 61.), (62., 45.), (59., 119.)],      # mask 3,4,5: stride 16
+    [(10., 13.), (16., 30.), (33., 23.)],       # mask 0,1,2: stride 8
+])  # [3, 3, 2]
+
+#: How every Darknet YOLOv3 is decoded: logistic classes, yolov3.cfg's anchors in pixels (Darknet's `[yolo]` layer).
+DARKNET_DECODING = Decoding("logistic", DARKNET_ANCHORS, "pixels")
 
 # %% ../nbs/04a_darknet.ipynb
 class DarknetError(ValueError):
@@ -279,6 +282,48 @@ def save_darknet(model: YOLOv3, # a Darknet-53 YOLOv3
                 for t in _conv_floats(c):
                     f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
     return atomic_write(path, write)
+
+# %% ../nbs/04a_darknet.ipynb
+def _cfg_section(kind: str, **params) -> str:
+    return f"[{kind}]\n" + "".join(f"{k}={v}\n" for k, v in params.items())
+
+def darknet_cfg(model: YOLOv3, # a Darknet-53 YOLOv3 of any width, depth and class count
+                decoding: Decoding = DARKNET_DECODING, # how its outputs are decoded: logistic classes
+                image_size: int = 416, # `[net]` width and height; fraction anchors are written as pixels of it
+               ) -> str:
+    "The Darknet cfg text (yolov3.cfg's layout) of `model`: with `save_darknet`'s file, what Darknet or OpenCV runs."
+    if decoding.class_rule != "logistic":
+        raise DarknetError(f"Darknet's [yolo] layer reads classes with a logistic; this model's classes are decoded with a "
+                           f"{decoding.class_rule} (trained with class_loss=ce): train it with class_loss=bce for Darknet")
+    convs = darknet_convs(model)
+    num_scales, per_scale = len(decoding.anchors), len(decoding.anchors[0])
+    px = decoding.pixel_anchors(image_size).flip(0).reshape(-1, 2).tolist()  # finest scale first, as the cfg lists them
+    anchors = ",  ".join(f"{w:g},{h:g}" for w, h in px)
+    parts = [_cfg_section("net", batch=1, subdivisions=1, width=image_size, height=image_size, channels=3)]
+    layer, stage_end = -1, {}
+    def add(kind, **params):
+        nonlocal layer
+        parts.append(_cfg_section(kind, **params)); layer += 1
+    for c in convs:
+        k = c.conv.kernel_size[0]
+        if c.pred is None:
+            add("convolutional", batch_normalize=1, filters=c.conv.out_channels, size=k, stride=c.conv.stride[0], pad=1,
+                activation="leaky")
+        else:
+            add("convolutional", size=k, stride=1, pad=1, filters=c.conv.out_channels, activation="linear")
+        if c.name.startswith("backbone.stages.") and c.name.endswith(".expand"):
+            add("shortcut", **{"from": -3}, activation="linear")
+            stage_end[int(c.name.split(".")[2])] = layer  # the stage's output: the last shortcut so far
+        if c.pred is not None:
+            scale = ("head5", "head4", "head3").index(c.name.split(".")[0])
+            first = (num_scales - 1 - scale) * per_scale
+            add("yolo", mask=",".join(str(first + a) for a in range(per_scale)), anchors=anchors, classes=c.pred.num_classes,
+                num=num_scales * per_scale, jitter=".3", ignore_thresh=".7", truth_thresh=1, random=1)
+            if scale < num_scales - 1: add("route", layers=-4)  # back to the head's 1x1 branch
+        if c.name in ("lateral4", "lateral3"):
+            add("upsample", stride=2)
+            add("route", layers=f"-1, {stage_end[3 if c.name == 'lateral4' else 2]}")  # the 512- or 256-channel stage
+    return "\n".join(parts)
 
 # %% ../nbs/04a_darknet.ipynb
 def darknet_class_names(num_classes: int) -> list[str]:

@@ -18,12 +18,12 @@ import torch
 import torchvision
 from torch import nn
 
-from .boxes import STRIDES, decode_outputs
+from .boxes import STRIDES, Decoding, decode_outputs
 from .checkpoint import CheckpointError, atomic_write, save_weights
 from .predict import Detector, letterbox_image, list_images, load_image, to_tensor
 
 # %% auto 0
-__all__ = ['EXPORT_INSTALL', 'OUTPUT_NAMES', 'NMS_OUTPUT_NAMES', 'FORMAT', 'RAW_OUTPUTS', 'NMS_OUTPUTS', 'EXIT_USAGE',
+__all__ = ['EXPORT_INSTALL', 'OUTPUT_NAMES', 'NMS_OUTPUT_NAMES', 'FORMAT', 'FORMATS', 'RAW_OUTPUTS', 'NMS_OUTPUTS', 'EXIT_USAGE',
            'EXIT_MISSING_PACKAGE', 'EXIT_OUTPUT', 'MissingDependency', 'require', 'fold_batchnorm', 'HeadOutputs',
            'NmsSettings', 'export_metadata', 'export_onnx', 'padded_detections', 'Postprocess', 'EndToEnd',
            'export_torchscript', 'onnx_session', 'onnx_metadata', 'OnnxBackend', 'load_onnx_detector',
@@ -62,7 +62,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 # %% ../nbs/10a_export.ipynb
 OUTPUT_NAMES = tuple(f"out_stride{s}" for s in STRIDES)
 NMS_OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
-FORMAT = "yolo_voc.export/1"
+FORMAT = "yolo_voc.export/2"
+#: every export format this version reads (`/1` predates the decoding: softmax classes, fraction anchors)
+FORMATS = ("yolo_voc.export/1", FORMAT)
 
 class HeadOutputs(nn.Module):
     "Wraps a YOLOv3 so that `forward` returns a tuple of the three head tensors (for export)."
@@ -81,15 +83,18 @@ class NmsSettings:
     pre_nms_topk: int = 1000
 
 RAW_OUTPUTS = ("out_stride32, out_stride16, out_stride8: [B, 3, S/32|16|8, S/32|16|8, 5+C] raw head outputs, "
-               "channels objectness, x, y, w, h, class logits")
+               "channels objectness, x, y, w, h, class logits; decode with `decoding`: centre (sigmoid(x) + column) * stride, "
+               "size exp(w) * anchor (anchor_units 'fraction': times the input side; 'pixels': as is), objectness "
+               "sigmoid, class probabilities the softmax (class_rule 'softmax') or the sigmoid ('logistic') of the logits, "
+               "score objectness * class probability")
 NMS_OUTPUTS = ("boxes: [B, K, 4] float32 xyxy in input (letterboxed) pixels, best first; scores: [B, K] float32; "
                "labels: [B, K] int64; num_detections: [B] int64, the valid rows of each image; "
                "rows from num_detections on are padding (boxes 0, scores 0, labels -1); K = max_detections")
 
 def export_metadata(detector: Detector, nms: NmsSettings | None = None, precision: str = "fp32") -> dict:
-    "What a consumer of an exported model needs besides the graph: classes, input size, anchors, the outputs' format."
+    "What a consumer of an exported model needs besides the graph: classes, input size, decoding, the outputs' format."
     meta = dict(format=FORMAT, class_names=detector.class_names, image_size=detector.image_size,
-                anchors=detector.anchors.tolist(), strides=list(STRIDES), precision=precision,
+                decoding=detector.decoding.to_dict(), strides=list(detector.decoding.strides), precision=precision,
                 input="images: [B, 3, S, S] float32 RGB in [0, 1], letterboxed (resized to fit, centred, padded)",
                 outputs=list(NMS_OUTPUT_NAMES if nms else OUTPUT_NAMES), output_format=NMS_OUTPUTS if nms else RAW_OUTPUTS,
                 end_to_end=nms is not None)
@@ -121,7 +126,7 @@ def _with_nms(onnx, raw, detector: Detector, example: torch.Tensor, nms: NmsSett
     "The raw graph `raw` (a ModelProto) followed by the exported `Postprocess`: one graph, images in, detections out."
     with torch.no_grad(): heads = HeadOutputs(detector.model.cpu().eval())(example)
     post = folder / "post.onnx"
-    _torch_onnx_export(Postprocess(detector.anchors, nms), heads, post, OUTPUT_NAMES, NMS_OUTPUT_NAMES,
+    _torch_onnx_export(Postprocess(detector.decoding, nms), heads, post, OUTPUT_NAMES, NMS_OUTPUT_NAMES,
                        {**{n: {0: "batch"} for n in OUTPUT_NAMES}, **{n: {0: "batch"} for n in NMS_OUTPUT_NAMES}}, opset)
     post = onnx.load(str(post))
     if raw.opset_import[0].version != post.opset_import[0].version or raw.ir_version != post.ir_version:
@@ -135,7 +140,7 @@ def _save_onnx(onnx, model, meta: dict, path) -> Path:
     for k, v in meta.items(): model.metadata_props.add(key=k, value=json.dumps(v))
     return atomic_write(Path(path), lambda tmp: onnx.save(model, str(tmp)))
 
-def export_onnx(detector: Detector, # the model to export, with its class names, input size and anchors
+def export_onnx(detector: Detector, # the model to export, with its class names, input size and decoding
                 path, # the .onnx file to write
                 image_size: int | None = None, # the input side (default: the detector's)
                 opset: int = 17, # ONNX opset
@@ -187,21 +192,20 @@ def padded_detections(boxes: torch.Tensor, # [B, N, 4] xyxy input pixels, from `
 
 class Postprocess(nn.Module):
     "Head outputs `[B, 3, S, S, 5+C]` (coarsest first) to the padded detections of `padded_detections`."
-    def __init__(self, anchors: torch.Tensor, nms: NmsSettings):
+    def __init__(self, decoding: Decoding, nms: NmsSettings):
         super().__init__()
-        self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).clone())
-        self.nms = nms
+        self.decoding, self.nms = decoding, nms
     def forward(self, *outputs: torch.Tensor):
-        boxes, obj, cls = decode_outputs(list(outputs), self.anchors, STRIDES)
-        s = outputs[0]
-        size = torch.tensor([s.shape[3] * STRIDES[0], s.shape[2] * STRIDES[0]] * 2, dtype=boxes.dtype)
+        boxes, obj, cls = decode_outputs(list(outputs), self.decoding)  # the anchors at the traced size: constants
+        s, stride = outputs[0], self.decoding.strides[0]
+        size = torch.tensor([s.shape[3] * stride, s.shape[2] * stride] * 2, dtype=boxes.dtype)
         return padded_detections(boxes, obj, cls, size, self.nms)
 
 class EndToEnd(nn.Module):
     "A YOLOv3 and its `Postprocess`: letterboxed images `[B, 3, S, S]` to boxes, scores, labels and counts."
-    def __init__(self, model: nn.Module, anchors: torch.Tensor, nms: NmsSettings):
+    def __init__(self, model: nn.Module, decoding: Decoding, nms: NmsSettings):
         super().__init__()
-        self.model, self.post = model, Postprocess(anchors, nms)
+        self.model, self.post = model, Postprocess(decoding, nms)
     def forward(self, images: torch.Tensor):
         return self.post(*self.model(images))
 
@@ -214,7 +218,7 @@ def export_torchscript(detector: Detector, # the model to export
     "Trace the BatchNorm-folded network (raw outputs, or end to end with `nms`) with `torch.jit.trace`; metadata in `yolo_voc.json`."
     example = _example(detector, image_size)
     model = fold_batchnorm(detector.model).cpu()
-    module = EndToEnd(model, detector.anchors, nms) if nms is not None else HeadOutputs(model)
+    module = EndToEnd(model, detector.decoding, nms) if nms is not None else HeadOutputs(model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module.eval(), (example,), check_trace=False)
@@ -246,8 +250,9 @@ def onnx_session(path, # an .onnx file
 def onnx_metadata(session, path="model.onnx") -> dict:
     "The yolo_voc metadata of a loaded ONNX model (JSON-decoded), or a `CheckpointError` when it has none."
     raw = session.get_modelmeta().custom_metadata_map
-    if raw.get("format") != json.dumps(FORMAT):
-        raise CheckpointError(f"{path}: not a yolo_voc ONNX export (no {FORMAT!r} metadata; export with `yolo-voc export --format onnx`)")
+    if raw.get("format") not in [json.dumps(f) for f in FORMATS]:
+        found = f"its format is {raw['format']}, this version reads {', '.join(FORMATS)}: upgrade" if "format" in raw else "no yolo_voc metadata"
+        raise CheckpointError(f"{path}: not a yolo_voc ONNX export this version reads ({found}; export with `yolo-voc export --format onnx`)")
     return {k: json.loads(v) for k, v in raw.items()}
 
 class OnnxBackend(nn.Module):
@@ -271,7 +276,11 @@ def load_onnx_detector(path, # a raw `yolo-voc export --format onnx` file, fp32 
     if meta.get("end_to_end"):
         raise CheckpointError(f"{path}: an end-to-end (NMS) export: a Detector needs the raw outputs, "
                               "export without --nms (the end-to-end file is for other runtimes)")
-    return Detector(OnnxBackend(session, str(path)), meta["class_names"], meta["image_size"], meta["anchors"],
+    try:  # an export of an earlier release (format /1) has fraction anchors and no decoding: a softmax model
+        decoding = (Decoding.from_dict(meta["decoding"]) if meta.get("decoding") is not None
+                    else Decoding("softmax", meta["anchors"], "fraction"))
+    except (KeyError, ValueError) as e: raise CheckpointError(f"{path}: unusable decoding metadata ({e})") from None
+    return Detector(OnnxBackend(session, str(path)), meta["class_names"], meta["image_size"], decoding,
                     dict(onnx=Path(path).name, precision=meta.get("precision", "fp32")), device="cpu", source=str(path))
 
 # %% ../nbs/10a_export.ipynb

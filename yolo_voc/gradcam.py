@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import STRIDES, Letterbox, decode_outputs, letterbox_boxes
+from .boxes import Letterbox, decode_outputs, letterbox_boxes
 from .predict import Detections, Detector, draw_detections, list_images, load_image
 
 # %% auto 0
@@ -59,7 +59,7 @@ def gradcam(detector: Detector, image, detection_index: int = 0, detections: Det
     try:
         with torch.enable_grad():
             outs = model(x[None].to(detector.device))  # 3 x [1, 3, S, S, 5+C]
-            boxes, obj, cls = decode_outputs(outs, detector.anchors.to(detector.device), STRIDES)
+            boxes, obj, cls = decode_outputs(outs, detector.decoding)
             label = int(detections.labels[detection_index])
             score = obj[0] * cls[0, :, label]  # [N], the score of every row for this class
             target = letterbox_boxes(torch.as_tensor(detections.boxes[detection_index:detection_index + 1]), lb)[0]

@@ -76,16 +76,18 @@ class YoloLoss(nn.Module):
         cls = torch.where(pos_mask, cls_err, 0.).sum() / n_pos
         return torch.stack([box, obj, noobj, cls])
 
-    def forward(self, outputs: list[torch.Tensor], encoded_targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        "Loss of head `outputs` (3 x `[B, 3, S, S, 5+C]`) against `encoded_targets` (3 x `[B, 3, S, S, 6]`)."
-        if len(outputs) != len(encoded_targets) or len(outputs) != len(self.anchors):
+    def forward(self, outputs: list[torch.Tensor], encoded_targets: list[torch.Tensor],
+                anchors: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        "Loss of `outputs` (3 x `[B, 3, S, S, 5+C]`) against `encoded_targets` (3 x `[B, 3, S, S, 6]`); `anchors`: fractions of this input."
+        anchors = self.anchors if anchors is None else anchors.to(self.anchors.device, torch.float32)
+        if len(outputs) != len(encoded_targets) or len(outputs) != len(anchors):
             raise ValueError(f"loss.py: {len(outputs)} outputs, {len(encoded_targets)} target grids, "
-                             f"{len(self.anchors)} anchor scales; they must match")
+                             f"{len(anchors)} anchor scales; they must match")
         for out, tgt in zip(outputs, encoded_targets):
             if out.shape[:4] != tgt.shape[:4] or tgt.shape[-1] != 6:
                 raise ValueError(f"loss.py: output {tuple(out.shape)} does not match target grid {tuple(tgt.shape)}")
         with torch.autocast(device_type=outputs[0].device.type, enabled=False):
-            parts = sum(self.scale_loss(out, tgt, anc) for out, tgt, anc in zip(outputs, encoded_targets, self.anchors))
+            parts = sum(self.scale_loss(out, tgt, anc) for out, tgt, anc in zip(outputs, encoded_targets, anchors))
             box, obj, noobj, cls = parts.unbind()
             loss = self.lambda_box * box + self.lambda_obj * obj + self.lambda_noobj * noobj + self.lambda_class * cls
         return dict(loss=loss, box=box, obj=obj, noobj=noobj, cls=cls)

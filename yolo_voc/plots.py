@@ -348,7 +348,7 @@ def _prediction_images_class():
     import torch
     from pytorch_lightning.callbacks import Callback
     from pytorch_lightning.utilities import rank_zero_only
-    from yolo_voc.boxes import STRIDES, postprocess
+    from yolo_voc.boxes import postprocess
 
     class PredictionImages(Callback):
         "After each validation, draw the model's detections on the first `n` validation images to `plots/`."
@@ -366,7 +366,7 @@ def _prediction_images_class():
             images = images_to_float(images.to(pl_module.device))
             with torch.no_grad():
                 outputs = pl_module(images)
-            dets = postprocess(outputs, pl_module.anchors, STRIDES, self.conf, pl_module.hparams.nms_iou)
+            dets = postprocess(outputs, pl_module.decoding, self.conf, pl_module.hparams.nms_iou)
             tiles = [draw_boxes(as_uint8_image(img), d["boxes"], d["labels"], d["scores"], pl_module.class_names)
                      for img, d in zip(images, dets)]
             self.out.mkdir(parents=True, exist_ok=True)

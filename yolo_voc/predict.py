@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .boxes import ANCHORS, STRIDES, Letterbox, letterbox_params, postprocess, unletterbox_boxes
+from .boxes import STRIDES, Decoding, Letterbox, letterbox_params, postprocess, unletterbox_boxes
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint
 from .plots import draw_boxes
 from .transforms import PAD_VALUE, eval_transforms
@@ -171,13 +171,15 @@ def check_predict_options(conf: float = 0.25, iou: float = 0.45, batch_size: int
 
 class Detector:
     "A YOLOv3 ready for inference: letterbox, batches, NMS and boxes in the original image's pixels."
-    def __init__(self, model: torch.nn.Module, class_names, image_size: int = 416, anchors=None,
+    def __init__(self, model: torch.nn.Module, class_names, image_size: int = 416, decoding: Decoding | None = None,
                  model_config: dict | None = None, device="cpu", source: str | None = None):
         check_predict_options(image_size=image_size)
+        if decoding is not None and not isinstance(decoding, Decoding):
+            raise TypeError(f"Detector: decoding must be a boxes.Decoding (the model's class rule and anchors), not {type(decoding).__name__}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.class_names, self.image_size = list(class_names), int(image_size)
-        self.anchors = torch.as_tensor(ANCHORS if anchors is None else anchors, dtype=torch.float32)
+        self.decoding = decoding or Decoding()
         self.model_config = dict(model_config or {})
         self.source = source
 
@@ -186,7 +188,7 @@ class Detector:
 
     def __repr__(self):
         return (f"Detector({self.model.__class__.__name__} {self.model_config}, {self.num_classes} classes, "
-                f"image_size={self.image_size}, device={self.device}, source={self.source})")
+                f"image_size={self.image_size}, decoding: {self.decoding}, device={self.device}, source={self.source})")
 
     def preprocess(self, image) -> tuple[torch.Tensor, Letterbox]:
         "One image (any input type) as a letterboxed tensor `[3, S, S]` and its `Letterbox`."
@@ -214,7 +216,7 @@ class Detector:
                 tensors.append(t); metas.append((_name(item), lb))
             if not tensors: continue
             outs = self.forward(torch.stack(tensors))  # 3 x [B, 3, S, S, 5+C]
-            dets = postprocess(outs, self.anchors, STRIDES, conf_threshold=conf, iou_threshold=iou,
+            dets = postprocess(outs, self.decoding, conf_threshold=conf, iou_threshold=iou,
                                max_detections=max_detections)
             for d, (name, lb) in zip(dets, metas):
                 labels = d["labels"].cpu().numpy().astype(np.int64)
@@ -247,13 +249,13 @@ def resolve_device(device: str | None = "auto") -> str:
     return str(d)
 
 def _load_darknet(path, device, image_size: int | None, width_mult: float, depth_mult: float) -> Detector:
-    "A Detector from a Darknet `.weights` file: class count from its size, Darknet's anchors, 416 px."
-    from yolo_voc.darknet import DARKNET_ANCHORS, DarknetError, model_from_darknet
+    "A Detector from a Darknet `.weights` file: class count from its size, Darknet's decoding, 416 px."
+    from yolo_voc.darknet import DARKNET_DECODING, DarknetError, model_from_darknet
     try: model, names = model_from_darknet(path, width_mult, depth_mult)
     except FileNotFoundError: raise FileNotFoundError(f"{path}: no such checkpoint file") from None
     except DarknetError as e: raise CheckpointError(str(e)) from None
     config = dict(num_classes=len(names), width_mult=width_mult, depth_mult=depth_mult)
-    return Detector(model, names, image_size or 416, DARKNET_ANCHORS, config, device, source=str(path))
+    return Detector(model, names, image_size or 416, DARKNET_DECODING, config, device, source=str(path))
 
 def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or an `.onnx` export
                   device="cpu", # a torch device, or "auto" (see `resolve_device`)
@@ -274,7 +276,7 @@ def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet 
     try: model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights don't fit YOLOv3({ck['model']}): {' '.join(str(e).split())[:300]}") from None
-    return Detector(model, ck["class_names"], image_size or ck["image_size"], ck["anchors"], ck["model"], device, source=str(path))
+    return Detector(model, ck["class_names"], image_size or ck["image_size"], ck["decoding"], ck["model"], device, source=str(path))
 
 # %% ../nbs/10_predict.ipynb
 @dataclass

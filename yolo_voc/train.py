@@ -23,8 +23,9 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
-from .checkpoint import CheckpointError, atomic_write, check_checkpoint_fits, load_checkpoint_file, read_checkpoint
+from .boxes import ANCHORS, CLASS_RULE_OF_LOSS, VOC_CLASSES, Decoding, postprocess, unletterbox_boxes
+from .checkpoint import (CheckpointError, atomic_write, check_checkpoint_fits, checkpoint_decoding, load_checkpoint_file,
+                                 read_checkpoint)
 from .data import VOCDataModule, encode_targets, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, make_scheduler, suggest_lr
@@ -33,10 +34,10 @@ from .model import YOLOv3
 
 # %% auto 0
 __all__ = ['LOSS_DEFAULTS', 'GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'SUMMARY_KEYS', 'TrainingError', 'param_groups', 'update_mean_ap',
-           'load_pretrained', 'YoloModule', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles',
-           'DeviceInfo', 'detect_device', 'default_precision', 'default_batch_size', 'run_defaults', 'defaults_table',
-           'EpochTimeEstimate', 'format_duration', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'plan_run',
-           'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
+           'load_pretrained', 'pretrained_decoding', 'YoloModule', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file',
+           'RunFiles', 'DeviceInfo', 'detect_device', 'default_precision', 'default_batch_size', 'run_defaults',
+           'defaults_table', 'EpochTimeEstimate', 'format_duration', 'RunPlan', 'next_run_dir', 'latest_run_dir',
+           'plan_run', 'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
            'run_callbacks', 'quiet_lightning_tips', 'make_trainer', 'requested_data_root', 'YoloCLI', 'fit_plain',
            'evaluate']
 
@@ -58,10 +59,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 # %% ../nbs/08_train.ipynb
-def update_mean_ap(mean_ap: MeanAveragePrecision, outputs: list[torch.Tensor], infos: list[dict], anchors: torch.Tensor,
+def update_mean_ap(mean_ap: MeanAveragePrecision, outputs: list[torch.Tensor], infos: list[dict], decoding: Decoding,
                    conf_threshold: float = 0.01, nms_iou: float = 0.45, max_detections: int = 100) -> None:
-    "Add a batch's detections (in original image pixels) and original annotations to `mean_ap`."
-    dets = postprocess(outputs, anchors, STRIDES, conf_threshold, nms_iou, max_detections)
+    "Add a batch's detections (decoded with `decoding`, in original image pixels) and original annotations to `mean_ap`."
+    dets = postprocess(outputs, decoding, conf_threshold, nms_iou, max_detections)
     for d, info in zip(dets, infos):  # a loop over images, not boxes: undo each letterbox
         d["boxes"] = unletterbox_boxes(d["boxes"], info["letterbox"])
     gts = [dict(boxes=i["boxes"], labels=i["labels"], difficult=i["difficult"]) for i in infos]
@@ -87,6 +88,28 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> str:
                               "width, depth or backbone")
     model.load_state_dict(fits, strict=False)
     return f"{path}: {len(fits)} of {len(own)} weights loaded ({len(own) - len(fits)} kept as initialised)"
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f: return f.read(4) == b"PK\x03\x04"
+
+def pretrained_decoding(path: str | os.PathLike | None, # the `pretrained` file (None: none)
+                        num_classes: int, width_mult: float = 1.0, depth_mult: float = 1.0, backbone: str = "darknet53",
+                       ) -> Decoding | None:
+    "The decoding that `path`'s prediction heads were trained with when loading it keeps them (same class count), else None."
+    if not path or not Path(path).is_file(): return None  # load_pretrained says what is wrong when it runs
+    path = Path(path)
+    if not _is_zip(path):
+        from yolo_voc.darknet import DARKNET_DECODING, DarknetError, darknet_layout
+        if backbone != "darknet53": return None
+        try: layout = darknet_layout(path, width_mult, depth_mult)
+        except (DarknetError, OSError): return None
+        return DARKNET_DECODING if layout.kind == "full" and layout.num_classes == num_classes else None
+    try: ck = read_checkpoint(path)
+    except (CheckpointError, OSError): return None
+    with torch.device("meta"): own = YOLOv3(num_classes, width_mult, depth_mult, backbone).state_dict()
+    heads = [k for k in own if ".pred.1." in k]  # the prediction convolutions
+    fits = all(k in ck["state_dict"] and ck["state_dict"][k].shape == own[k].shape for k in heads)
+    return ck["decoding"] if fits else None
 
 # %% ../nbs/08_train.ipynb
 class YoloModule(pl.LightningModule):
@@ -117,7 +140,8 @@ class YoloModule(pl.LightningModule):
         lambda_class: weight of the class loss.
         obj_target: objectness target: iou (of the predicted box with its target) or one.
         obj_loss: objectness loss: bce (on logits) or mse (of the sigmoid).
-        class_loss: ce (softmax cross-entropy) or bce (independent logistic classes).
+        class_loss: ce (softmax cross-entropy) or bce (independent logistic classes); the model is decoded with the
+            same rule. None: bce when `pretrained` keeps a Darknet model's prediction heads, else ce.
         ignore_threshold: anchors whose IoU with a box exceeds this are not penalised as no-object.
         accuracy_threshold: confidence threshold of the object / no-object accuracies.
         conf_threshold: score threshold of detections for mAP.
@@ -137,7 +161,7 @@ class YoloModule(pl.LightningModule):
                  momentum: float = 0.9, cycle_epochs: int | None = None, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float | None = None, tail_lr_factor: float = 0.01,
                  lambda_box: float = 10.0, lambda_noobj: float = 10.0, lambda_obj: float = 1.0, lambda_class: float = 1.0,
-                 obj_target: str = "iou", obj_loss: str = "bce", class_loss: str = "ce", ignore_threshold: float = 0.5,
+                 obj_target: str = "iou", obj_loss: str = "bce", class_loss: str | None = None, ignore_threshold: float = 0.5,
                  accuracy_threshold: float = 0.05, conf_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100, map_every_n_epochs: int = 1,
                  channels_last: bool = False, compile: bool = False, grad_clip_norm: float | None = None,
@@ -150,9 +174,14 @@ class YoloModule(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names or (VOC_CLASSES if num_classes == 20 else [str(i) for i in range(num_classes)]))
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
-        self.register_buffer("anchors", ANCHORS.clone(), persistent=False)
+        # the decoding: the class rule of the loss; anchors of pretrained heads that are kept (Darknet's pixels), else ANCHORS
+        self._class_loss_asked = class_loss
+        kept = pretrained_decoding(pretrained, num_classes, width_mult, depth_mult, backbone)
+        class_loss = class_loss or ("bce" if kept is not None and kept.class_rule == "logistic" else "ce")
         self.loss_fn = YoloLoss(ANCHORS, lambda_box=lambda_box, lambda_noobj=lambda_noobj, lambda_obj=lambda_obj,
                                 lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss)
+        anchors = {} if kept is None else dict(anchors=kept.anchors, anchor_units=kept.anchor_units, strides=kept.strides)
+        self._set_decoding(Decoding.trained_with(class_loss, **anchors))
         self.val_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.test_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.val_map = MeanAveragePrecision(num_classes)
@@ -164,10 +193,20 @@ class YoloModule(pl.LightningModule):
     #: Set by whoever starts `fit` from a checkpoint (`YoloCLI` does): the checkpoint's weights replace `pretrained`'s.
     resuming: bool = False
 
+    def _set_decoding(self, decoding: Decoding) -> None:
+        "Decode (and train the class loss) with `decoding` from now on; `hparams.class_loss` says which loss that is."
+        self.decoding = decoding
+        self.hparams.class_loss = self.loss_fn.class_loss = "bce" if decoding.class_rule == "logistic" else "ce"
+
+    def anchors_at(self, images: torch.Tensor) -> torch.Tensor:
+        "The anchors `[3, 3, 2]` as fractions of the input size of `images` `[B, 3, H, W]`, on their device."
+        return self.decoding.fraction_anchors(images.shape[-1], images.shape[-2], images.device)
+
     def setup(self, stage: str) -> None:
         "Start from `pretrained` weights when fitting a new run (a resumed run takes its checkpoint's weights instead)."
         if stage == "fit" and self.hparams.pretrained and not self.resuming:
-            rank_zero_info(f"pretrained: {load_pretrained(self.model, self.hparams.pretrained)}")
+            rank_zero_info(f"pretrained: {load_pretrained(self.model, self.hparams.pretrained)}; decoding: {self.decoding} "
+                           f"(class_loss={self.hparams.class_loss})")
 
     def configure_model(self):
         "Channels-last memory and `torch.compile`, applied once on the training device."
@@ -181,9 +220,10 @@ class YoloModule(pl.LightningModule):
 
     def _loss(self, images, targets):
         outputs = self(images)
-        encoded = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), self.anchors,
-                                 STRIDES, self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6], on the device
-        return outputs, encoded, self.loss_fn(outputs, encoded)
+        anchors = self.anchors_at(images)  # fractions of this batch's size: pixel anchors stay pixels at every scale
+        encoded = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors,
+                                 self.decoding.strides, self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6], on the device
+        return outputs, encoded, self.loss_fn(outputs, encoded, anchors)
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -221,10 +261,20 @@ class YoloModule(pl.LightningModule):
         self.check_finite()  # never write weights that came from a non-finite step
         checkpoint["yolo_voc"] = dict(num_classes=self.hparams.num_classes, width_mult=self.hparams.width_mult,
                                       depth_mult=self.hparams.depth_mult, backbone=self.hparams.backbone,
-                                      class_names=self.class_names, max_lr=self.hparams.max_lr)
+                                      class_names=self.class_names, max_lr=self.hparams.max_lr,
+                                      decoding=self.decoding.to_dict())
 
     def on_load_checkpoint(self, checkpoint):
-        check_checkpoint_fits(checkpoint, self, checkpoint.get("_path", "checkpoint"))
+        "Refuse a checkpoint of another model; then decode (and go on training) as the checkpoint's model was trained."
+        path = checkpoint.get("_path", "checkpoint")
+        check_checkpoint_fits(checkpoint, self, path)
+        saved = checkpoint_decoding(checkpoint, path)
+        asked = self._class_loss_asked
+        if asked is not None and CLASS_RULE_OF_LOSS[asked] != saved.class_rule:
+            raise CheckpointError(f"{path}: its model was trained with {saved.class_rule} classes (class_loss="
+                                  f"{'bce' if saved.class_rule == 'logistic' else 'ce'}), but this run asks for class_loss={asked}; "
+                                  "drop --model.class_loss or start a new run")
+        self._set_decoding(saved)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _map_this_epoch(self) -> bool:
@@ -239,7 +289,7 @@ class YoloModule(pl.LightningModule):
                       batch_size=images.shape[0], sync_dist=True)
         accuracy.update(outputs, encoded)
         if self._map_this_epoch():
-            update_mean_ap(mean_ap, outputs, infos, self.anchors, self.hparams.conf_threshold, self.hparams.nms_iou,
+            update_mean_ap(mean_ap, outputs, infos, self.decoding, self.hparams.conf_threshold, self.hparams.nms_iou,
                            self.hparams.max_detections)
 
     def _eval_epoch_end(self, accuracy, mean_ap, prefix):
@@ -777,12 +827,16 @@ class YoloCLI(LightningCLI):
 # %% ../nbs/08_train.ipynb
 def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max_lr: float, num_classes: int,
               weight_decay: float = 5e-4, device: str | torch.device = "cpu", loss_fn: YoloLoss | None = None,
-              cycle_epochs: int | None = None, conf_threshold: float = 0.01, nms_iou: float = 0.45) -> list[dict[str, float]]:
+              cycle_epochs: int | None = None, conf_threshold: float = 0.01, nms_iou: float = 0.45,
+              decoding: Decoding | None = None) -> list[dict[str, float]]:
     "Train `model` with a plain loop (AdamW, one cycle then the constant tail); return per-epoch train loss and validation metrics."
     device = torch.device(device)
     model.to(device)
     loss_fn = loss_fn or YoloLoss(ANCHORS, **LOSS_DEFAULTS)  # exactly the Lightning module's loss
-    anchors = ANCHORS.to(device)
+    decoding = decoding or Decoding.trained_with(loss_fn.class_loss)  # decode with the class rule the loss trains
+    if decoding.class_rule != CLASS_RULE_OF_LOSS[loss_fn.class_loss]:
+        raise ValueError(f"fit_plain: class_loss={loss_fn.class_loss!r} trains {CLASS_RULE_OF_LOSS[loss_fn.class_loss]} classes, "
+                         f"but the decoding reads them with a {decoding.class_rule}")
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=max_lr)
     cycle = min(cycle_epochs or max(1, round(2 * epochs / 3)), epochs)
     sched = make_scheduler(opt, max(2, cycle * len(train_loader)))
@@ -792,26 +846,30 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
         total = torch.zeros((), device=device)
         for images, targets, _ in train_loader:
             images, targets = images_to_float(images.to(device)), targets.to(device)
-            enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES)
-            loss = loss_fn(model(images), enc)["loss"]
+            anchors = decoding.fraction_anchors(images.shape[-1], images.shape[-2], device)  # [3, 3, 2] of this input
+            enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides)
+            loss = loss_fn(model(images), enc, anchors)["loss"]
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             total += loss.detach()
-        row = dict(epoch=epoch, train_loss=float(total) / len(train_loader), **evaluate(model, val_loader, num_classes, device, conf_threshold, nms_iou))
+        row = dict(epoch=epoch, train_loss=float(total) / len(train_loader),
+                   **evaluate(model, val_loader, num_classes, device, conf_threshold, nms_iou, decoding))
         history.append(row)
     return history
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, num_classes: int, device: str | torch.device = "cpu",
-             conf_threshold: float = 0.01, nms_iou: float = 0.45) -> dict[str, float]:
-    "Accuracies and mAP of `model` on an evaluation `loader` (letterboxed samples with original boxes)."
+             conf_threshold: float = 0.01, nms_iou: float = 0.45, decoding: Decoding | None = None) -> dict[str, float]:
+    "Accuracies and mAP of `model` on an evaluation `loader` (letterboxed samples with original boxes), decoded with `decoding`."
     device = torch.device(device)
+    decoding = decoding or Decoding()
     model.eval()
-    acc, mean_ap, anchors = YoloAccuracy().to(device), MeanAveragePrecision(num_classes).to(device), ANCHORS.to(device)
+    acc, mean_ap = YoloAccuracy().to(device), MeanAveragePrecision(num_classes).to(device)
     for images, targets, infos in loader:
         images, targets = images_to_float(images.to(device)), targets.to(device)
         outputs = model(images)
-        acc.update(outputs, encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, STRIDES))
-        update_mean_ap(mean_ap, outputs, infos, anchors, conf_threshold, nms_iou)
+        anchors = decoding.fraction_anchors(images.shape[-1], images.shape[-2], device)
+        acc.update(outputs, encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides))
+        update_mean_ap(mean_ap, outputs, infos, decoding, conf_threshold, nms_iou)
     out = {k: float(v) for k, v in acc.compute().items()}
     out.update({k: float(v) for k, v in mean_ap.compute().items() if k in ("map50", "map")})
     return out
