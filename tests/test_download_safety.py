@@ -18,7 +18,7 @@ from voc_mirror import TEST, TRAINVAL, make_tar, pack_voc, serve, tar_headers
 import yolo_voc
 import yolo_voc.cli
 from yolo_voc import download
-from yolo_voc.download import DownloadError, download_file, download_voc, extract_tar, lock_root
+from yolo_voc.download import DownloadError, download_file, extract_tar, lock_root
 from yolo_voc.synthetic import make_synthetic_voc
 from yolo_voc.voc import check_dataset
 
@@ -155,7 +155,7 @@ def test_link_planted_earlier_is_not_followed(tmp_path, python, capsys):
     try: status, err = run_cli(root, url=url, capsys=capsys)
     finally: server.shutdown(); server.server_close()
     assert status == 2
-    assert err == (f"yolo-voc download: {root}: 1 path(s) of yours would be replaced or written through by {TRAINVAL}: "
+    assert err == (f"yolo-voc download: {root}: 1 path of yours would be replaced or written through by {TRAINVAL}: "
                    "VOCdevkit/L (a symbolic link (to '../../..'): nothing is written through links); nothing was "
                    "extracted. Download into another folder (another ROOT), or move these away first\n")
     assert not (tmp_path / "home" / ".bashrc").exists() and sentinel.read_text() == "mine\n"
@@ -216,7 +216,7 @@ def test_own_voc2007_is_never_replaced(tmp_path, mirror, capsys):
     differ = [f"VOCdevkit/VOC2007/{f} (differs from the tar's)" for f in ["ImageSets/Main/train.txt", "ImageSets/Main/val.txt",
               "ImageSets/Main/trainval.txt", "Annotations/000001.xml", "JPEGImages/000001.jpg", "Annotations/000003.xml",
               "JPEGImages/000003.jpg"]]  # 000002 is in their test split, which the trainval tar does not hold
-    assert err == (f"yolo-voc download: {own}: 7 path(s) of yours would be replaced or written through by {TRAINVAL}: "
+    assert err == (f"yolo-voc download: {own}: 7 paths of yours would be replaced or written through by {TRAINVAL}: "
                    f"{', '.join(differ)}; nothing was extracted. Download into another folder (another ROOT), or move "
                    "these away first\n")
     assert snapshot(own / "VOCdevkit") == before
@@ -589,3 +589,33 @@ def test_real_file_systems(tmp_path, mirror, tars, case):
                 "extracted files are moved into place by renaming, which works only within one file system: give a ROOT "
                 "on the file system that holds VOCdevkit"}[case]
     assert (r.returncode, r.stderr) == (3, f"yolo-voc download: {expected}\n")
+
+
+def test_conflict_list_is_one_line_of_at_most_eight(tmp_path):
+    root = tmp_path / "root"
+    (root / "VOCdevkit").mkdir(parents=True)
+    for i in range(10): (root / "VOCdevkit" / f"{i}.txt").write_text("mine")
+    (tmp_path / "x.tar").write_bytes(make_tar({f"VOCdevkit/{i}.txt": b"theirs" for i in range(10)}))
+    with pytest.raises(download.RootConflict) as e: extract_tar(tmp_path / "x.tar", root)
+    listed = ", ".join(f"VOCdevkit/{i}.txt (differs from the tar's)" for i in range(8))
+    assert str(e.value) == (f"{root}: 10 paths of yours would be replaced or written through by x.tar: {listed}, and 2 more; "
+                            "nothing was extracted. Download into another folder (another ROOT), or move these away first")
+    assert {p.read_text() for p in (root / "VOCdevkit").iterdir()} == {"mine"}
+
+
+def test_tar_link_over_existing_folder(tmp_path, tars, capsys):
+    "A later tar with a link where ROOT has a folder (today's main: IsADirectoryError traceback): one line, exit 1."
+    url, handler, server = serve(tars)
+    root = tmp_path / "root"
+    try:
+        assert run_cli(root, url=url)[0] == 0
+        for p in [root / TRAINVAL, *(root / "VOCdevkit" / "VOC2007").glob(f".{TRAINVAL}.done")]: p.unlink()
+        handler.files[TRAINVAL] = make_tar({"VOCdevkit/VOC2007/JPEGImages": ("link", "/tmp")})
+        before = snapshot(root / "VOCdevkit")
+        status, err = run_cli(root, url=url, capsys=capsys)
+    finally: server.shutdown(); server.server_close()
+    assert status == 1
+    assert err == (f"yolo-voc download: {root / TRAINVAL}: member 'VOCdevkit/VOC2007/JPEGImages' is a symbolic link (to '/tmp'); "
+                   f"{NO_LINKS}, and a link could lead a later member or tar out of ROOT, so a tar with links is refused; "
+                   "nothing was extracted\n")
+    assert snapshot(root / "VOCdevkit") == before

@@ -394,7 +394,8 @@ def _conflict(root: Path, tar_path: Path, problems: dict[str, str], shown: int =
     "The one-line refusal listing what in `root` the tar would replace or write through."
     items = [f"{path} ({problem})" for path, problem in problems.items()]
     more = f", and {len(items) - shown} more" if len(items) > shown else ""
-    return RootConflict(f"{root}: {len(items)} path(s) of yours would be replaced or written through by {tar_path.name}: "
+    n = f"{len(items)} path{'s' * (len(items) != 1)}"
+    return RootConflict(f"{root}: {n} of yours would be replaced or written through by {tar_path.name}: "
                         f"{', '.join(items[:shown])}{more}; nothing was extracted. Download into another folder "
                         "(another ROOT), or move these away first")
 
