@@ -143,8 +143,11 @@ COMMANDS["check"] = check
 # %% ../nbs/11_cli.ipynb
 def download(argv: list[str]) -> int:
     "Download a dataset: `download voc ROOT` fetches Pascal VOC 2007/2012 into ROOT/VOCdevkit (MD5-checked, resumable)."
-    from yolo_voc.download import DownloadError, download_voc
-    p = argparse.ArgumentParser(prog="yolo-voc download", description=download.__doc__)
+    from yolo_voc.download import DownloadError, RootConflict, RootError, download_voc
+    p = argparse.ArgumentParser(prog="yolo-voc download", description=download.__doc__,
+                                epilog="exit status: 0 done; 1 a download, checksum or tar that can't be used; 2 bad "
+                                "command line, or ROOT holds files of yours the tars would replace; 3 ROOT can't be "
+                                "written (read-only, full, a file, another run on it); 130 interrupted (Ctrl-C)")
     p.add_argument("dataset", choices=["voc"], help="the dataset: voc (Pascal VOC)")
     p.add_argument("root", type=Path, help="the folder to put VOCdevkit/ in (created)")
     p.add_argument("--years", nargs="+", default=["2007", "2012"], choices=["2007", "2012"],
@@ -153,9 +156,17 @@ def download(argv: list[str]) -> int:
     p.add_argument("--no-checksum", action="store_true", help="skip the MD5 check (for repacked mirrors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    prog = "yolo-voc download"
     try: devkit = download_voc(a.root, a.years, a.base_url, checksum=not a.no_checksum, progress=not a.no_progress)
-    except DownloadError as e:
-        print(f"yolo-voc download: {e}", file=sys.stderr); return 1
+    except RootConflict as e:  # ROOT refused: the user's files, or a link
+        print(f"{prog}: {e}", file=sys.stderr); return 2
+    except DownloadError as e:  # a server, a checksum, a tar
+        print(f"{prog}: {e}", file=sys.stderr); return 1
+    except OSError as e:  # writing ROOT (RootError names the path and what to do)
+        msg = str(e) if isinstance(e, RootError) or not (e.filename and e.strerror) else f"{e.filename}: {e.strerror}"
+        print(f"{prog}: {msg}", file=sys.stderr); return 3
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to go on (downloads resume)", file=sys.stderr); return 130
     print(f"Pascal VOC {'+'.join(a.years)} in {devkit}; train with: yolo-voc fit --data.root {a.root}")
     return 0
 
