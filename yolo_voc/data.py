@@ -121,7 +121,7 @@ class VOCDataset(Dataset):
                 for j in picks:
                     s = self.annotations[j]
                     b, l, d = self._source(s)
-                    srcs.append(_Tile(s.image_path, s.width, s.height, b, l, d))
+                    srcs.append(_Tile(s.image_path, s.width, s.height, b, l, d, getattr(s, "orientation", None)))
                 images = [decode(j) for j in picks] if decode is not None else None
                 img, boxes, labels, diff = mosaic(srcs, self.mosaic_size, rng, scale=self.mosaic_scale, images=images)
             else:
@@ -135,7 +135,7 @@ class VOCDataset(Dataset):
 
 class _Tile:
     "What `mosaic` needs of a source record."
-    __slots__ = ("image_path", "width", "height", "boxes", "labels", "difficult")
+    __slots__ = ("image_path", "width", "height", "boxes", "labels", "difficult", "orientation")
     def __init__(self, *values):
         for k, v in zip(self.__slots__, values): setattr(self, k, v)
 
