@@ -24,7 +24,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
-from .checkpoint import CheckpointError, atomic_write, check_checkpoint_fits, load_checkpoint_file, read_checkpoint
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, check_checkpoint_fits, file_kind,
+                                 load_checkpoint_file, migrate_checkpoint, read_checkpoint)
 from .data import VOCDataModule, encode_targets, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, make_scheduler, suggest_lr
@@ -72,8 +73,11 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> str:
     "Load a Darknet `.weights` file or a yolo_voc checkpoint into `model` (what fits); return a one-line account."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: no such pretrained weights file")
-    with open(path, "rb") as f: zipped = f.read(4) == b"PK\x03\x04"
-    if not zipped:  # Darknet: a small header, then float32 weights
+    kind = file_kind(path)
+    if kind in ("onnx", "torchscript"):
+        raise CheckpointError(f"{path}: an {'ONNX' if kind == 'onnx' else 'TorchScript'} export, whose weights training "
+                              "can't read: pass the .ckpt or weights file it was exported from, or a Darknet .weights file")
+    if kind != "torch":  # Darknet: a small header, then float32 weights
         from yolo_voc.darknet import load_darknet
         info = load_darknet(model, path)
         return (f"{path}: {len(info.loaded)} Darknet convolutions loaded"
@@ -221,10 +225,17 @@ class YoloModule(pl.LightningModule):
         self.check_finite()  # never write weights that came from a non-finite step
         checkpoint["yolo_voc"] = dict(num_classes=self.hparams.num_classes, width_mult=self.hparams.width_mult,
                                       depth_mult=self.hparams.depth_mult, backbone=self.hparams.backbone,
-                                      class_names=self.class_names, max_lr=self.hparams.max_lr)
+                                      class_names=self.class_names, max_lr=self.hparams.max_lr, format=CHECKPOINT_FORMAT)
 
     def on_load_checkpoint(self, checkpoint):
-        check_checkpoint_fits(checkpoint, self, checkpoint.get("_path", "checkpoint"))
+        path = checkpoint.get("_path", "checkpoint")
+        check_checkpoint_fits(checkpoint, self, path)
+        if self._fitting():  # Lightning restores the schedule after this hook: bring it to this version's format first
+            for note in migrate_checkpoint(checkpoint, path): rank_zero_info(note)
+
+    def _fitting(self) -> bool:
+        try: return self.trainer.state.fn == "fit"
+        except RuntimeError: return False  # not attached to a Trainer (`YoloModule.load_from_checkpoint`)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _map_this_epoch(self) -> bool:
@@ -710,6 +721,7 @@ class YoloCLI(LightningCLI):
         self.device = detect_device()
         self.synthetic = requested_data_root(self.argv) is None
         self.plan: RunPlan | None = None
+        self.migrated_hparams: dict = {}  # what `migrate_checkpoint` changed in the resumed checkpoint's settings
         quiet_lightning_tips()
         kwargs.setdefault("seed_everything_default", 0)
         config_file = "config.yaml" if self.command == "fit" else f"{self.command.replace('-', '_')}_config.yaml"
@@ -742,7 +754,19 @@ class YoloCLI(LightningCLI):
         os.environ["YOLO_VOC_RUN_PLAN"] = json.dumps(self.plan.__dict__)  # what DDP ranks started by Lightning inherit
         cfg["trainer.default_root_dir"] = self.plan.run_dir
         if "ckpt_path" in cfg: cfg["ckpt_path"] = self.plan.ckpt_path
-        if self.plan.ckpt_path: load_checkpoint_file(self.plan.ckpt_path)  # a clear error before Lightning reads it
+        if self.plan.ckpt_path:
+            ckpt = load_checkpoint_file(self.plan.ckpt_path)  # a clear error before Lightning reads it
+            if self.command == "fit":  # refused now if it can't be resumed exactly, not after the data check
+                before = dict(ckpt.get("hyper_parameters") or {})
+                migrate_checkpoint(ckpt, self.plan.ckpt_path)
+                after = ckpt.get("hyper_parameters") or {}
+                self.migrated_hparams = {k: v for k, v in after.items() if k in before and before[k] != v}
+
+    def before_instantiate_classes(self):
+        "The resumed checkpoint's settings (read by LightningCLI from the file) in their current meaning."
+        model = self.section(self.config).get("model")
+        for key, value in self.migrated_hparams.items():
+            if model is not None and key in model: model[key] = value
 
     def instantiate_trainer(self, **kwargs):
         cfg, run_dir = self.section(self.config_init), Path(self.plan.run_dir)
@@ -752,7 +776,8 @@ class YoloCLI(LightningCLI):
         if cfg.get("tensorboard"):
             from pytorch_lightning.loggers import TensorBoardLogger
             try: extra.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-            except ModuleNotFoundError as e: raise TrainingError(f"--tensorboard needs tensorboard: pip install tensorboard ({e})") from None
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard", name="tensorboard") from None
         kwargs["logger"] = False if user is False else [RunLogger(run_dir)] + extra  # the run's own files stay first
         kwargs["plugins"] = [AtomicCheckpointIO()] + list(trainer_cfg.get("plugins") or [])
         from yolo_voc.plots import PredictionImages
