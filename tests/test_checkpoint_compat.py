@@ -17,6 +17,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,9 @@ def two_groups(rates: list[float]) -> list[float]: return [r for r in rates for 
 
 @pytest.fixture
 def cache(tmp_path_factory, monkeypatch):
+    "The synthetic set's cache in the test's folder; sys.argv as the console script has it (LightningCLI reads it)."
     monkeypatch.setenv("YOLO_VOC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setattr(sys, "argv", ["yolo-voc"])
 
 
 def old_run(commit: str, tmp_path: Path) -> Path:

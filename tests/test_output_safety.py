@@ -3,6 +3,7 @@ the path is spelled) or, without --exist-ok, over any file, and writes every for
 --out that overlaps an input however either is spelled; `atomic_write` puts the data on the disk before the name."""
 import errno
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,10 @@ def test_export_refuses_an_existing_file_unless_exist_ok(user, capsys, fmt):
     assert export("--ckpt", "model.pt", "--format", fmt, "--out", "notes.txt", "--exist-ok") == 0
     assert load_detector(user / "model.pt").class_names == NAMES
     if fmt == "weights": assert load_detector(user / "notes.txt").class_names == NAMES
-    elif fmt == "torchscript": assert len(torch.jit.load(str(user / "notes.txt"))(torch.zeros(1, 3, SIZE, SIZE))) == 3
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+            assert len(torch.jit.load(str(user / "notes.txt"))(torch.zeros(1, 3, SIZE, SIZE))) == 3
     else: assert (user / "notes.txt").read_bytes()[:1] == b"\x08"  # a protobuf ModelProto
     assert not [p for p in user.iterdir() if p.name.endswith(".partial")]
 

@@ -62,7 +62,7 @@ def atomic_write(path, # the file to write
             if durable:
                 with open(tmp, "rb+") as f: os.fsync(f.fileno())  # the data is on the disk before the name points at it
         except OSError as e:  # a full disk, a quota: name the file the user asked for, not the temporary one
-            if e.filename is None or Path(e.filename) == tmp: e.filename = str(path)
+            if e.strerror and (e.filename is None or Path(e.filename) == tmp): e.filename = str(path)
             raise
         _give_name(tmp, path, exist_ok)
     finally:
