@@ -163,9 +163,15 @@ def newer_format(ckpt):
     ckpt["yolo_voc"]["format"] = "yolo_voc.checkpoint/9"
 
 
+def weights_only(ckpt):  # as Lightning writes with ModelCheckpoint(save_weights_only=True), in today's format
+    del ckpt["optimizer_states"], ckpt["lr_schedulers"]
+    ckpt["yolo_voc"]["format"] = CHECKPOINT_FORMAT
+
+
 @pytest.mark.parametrize("change, why", [(no_schedule_end, "its schedule's tail_factor is None and final_div_factor is None"),
                                          (foreign_schedule, "its learning-rate schedule is not yolo_voc's"),
-                                         (newer_format, "written by a newer yolo_voc (checkpoint format 9")])
+                                         (newer_format, "written by a newer yolo_voc (checkpoint format 9"),
+                                         (weights_only, "it holds no optimizer_states, lr_schedulers (weights only)")])
 def test_inexact_migration_is_refused_in_one_line(change, why, tmp_path, capsys, cache):
     "What can't be continued exactly: exit 1, one line saying why and how to go on from the weights, nothing trained."
     path = write_old(tmp_path, change)

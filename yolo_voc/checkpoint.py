@@ -21,7 +21,7 @@ from .boxes import ANCHORS, VOC_CLASSES
 # %% auto 0
 __all__ = ['WEIGHTS_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_MIGRATIONS', 'atomic_write', 'CheckpointError', 'torch_load',
            'read_checkpoint', 'save_weights', 'file_kind', 'load_checkpoint_file', 'check_checkpoint_fits',
-           'checkpoint_format', 'continue_from_weights', 'migrate_checkpoint']
+           'checkpoint_format', 'continue_from_weights', 'check_resumable', 'migrate_checkpoint']
 
 # %% ../nbs/07a_checkpoint.ipynb
 def _make_parent(path: Path) -> None:
@@ -243,6 +243,13 @@ def continue_from_weights(path, why: str) -> CheckpointError:
     return CheckpointError(f"{path}: can't be resumed exactly: {why}. Start a new run from its weights with "
                            f"--model.pretrained {path} (its schedule starts again)")
 
+def check_resumable(ckpt: dict, # a loaded Lightning checkpoint
+                    path="checkpoint", # its file, for messages
+                   ) -> None:
+    "Refuse a Lightning checkpoint without the optimizer, schedule and loop state a resumed run needs (a weights-only one)."
+    missing = [k for k in ("optimizer_states", "lr_schedulers", "loops") if not ckpt.get(k)]
+    if missing: raise continue_from_weights(path, f"it holds no {', '.join(missing)} (weights only)")
+
 #: Format 0's schedule state: the fields of `lr_find.OneCycleThenConstant` as they were (a migration reads the old format).
 _FORMAT_0_SCHEDULE = {"cycle_steps", "pct_start", "div_factor", "final_div_factor", "tail_factor"}
 
@@ -282,8 +289,8 @@ def migrate_checkpoint(ckpt: dict, # a loaded Lightning checkpoint, changed in p
     if version > current:
         raise continue_from_weights(path, f"it was written by a newer yolo_voc (checkpoint format {version}; this version "
                                           f"knows up to {current}); upgrade yolo_voc to resume it")
-    missing = [k for k in ("optimizer_states", "lr_schedulers", "loops") if not ckpt.get(k)]
-    if missing: raise continue_from_weights(path, f"it holds no {', '.join(missing)} (weights only)")
+    if version == current: return []  # also Lightning's own temporary checkpoints (the LR range test restores one)
+    check_resumable(ckpt, path)  # the state to migrate must be there
     notes = []
     for step in range(version, current):
         notes.append(f"{path}: checkpoint format {step} -> {step + 1}: {CHECKPOINT_MIGRATIONS[step](ckpt, path)}")

@@ -24,8 +24,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
-from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, check_checkpoint_fits, file_kind,
-                                 load_checkpoint_file, migrate_checkpoint, read_checkpoint)
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write, check_checkpoint_fits, check_resumable
+from .checkpoint import file_kind, load_checkpoint_file, migrate_checkpoint, read_checkpoint
 from .data import VOCDataModule, encode_targets, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, make_scheduler, suggest_lr
@@ -757,6 +757,7 @@ class YoloCLI(LightningCLI):
         if self.plan.ckpt_path:
             ckpt = load_checkpoint_file(self.plan.ckpt_path)  # a clear error before Lightning reads it
             if self.command == "fit":  # refused now if it can't be resumed exactly, not after the data check
+                check_resumable(ckpt, self.plan.ckpt_path)
                 before = dict(ckpt.get("hyper_parameters") or {})
                 migrate_checkpoint(ckpt, self.plan.ckpt_path)
                 after = ckpt.get("hyper_parameters") or {}
