@@ -3,8 +3,8 @@
 Generates a synthetic VOC dataset of VOC-sized JPEGs (500x375 by default) with `make_synthetic_voc`, then, in one
 process with one torch and one OpenCV thread, measures:
 
-- `decode_per_s`: full-resolution `cv2.imread` (+ BGR->RGB, i.e. `yolo_voc.transforms.read_image`, the decoder the
-  dataset uses) of the training images;
+- `decode_per_s`: full-resolution `cv2.imread` (+ BGR->RGB, i.e. `yolo_voc.transforms.read_image` given the record's
+  EXIF orientation, the decoder the dataset uses) of the training images;
 - `samples_per_s`: `VOCDataset(train=True)` samples at `--size` with the default training transforms and
   `--mosaic` mosaic probability (decode, mosaic, Albumentations, float tensor, target), fetched in batches of
   `--batch` through `__getitems__` exactly as a DataLoader worker does (mosaic partners from the batch, each
@@ -65,11 +65,11 @@ def main(argv=None):
         root = Path(args.data)
     anns = load_annotations(root, split=args.split)
     ds = VOCDataset(anns, size=args.size, train=True, mosaic_prob=args.mosaic, seed=0, uint8=not args.float)
-    paths = [a.image_path for a in anns]
+    files = [(a.image_path, a.orientation) for a in anns]  # the orientation the check read: no header read again
 
     sampler = EpochSampler(len(ds), shuffle=True, seed=0)
     order = [it for _ in range(args.rounds * args.samples // len(ds) + 2) for it in sampler]
-    for i in range(20): ds[(i % len(ds), 999)]; read_image(paths[i % len(paths)])  # warm up
+    for i in range(20): ds[(i % len(ds), 999)]; read_image(*files[i % len(files)])  # warm up
     # interleave one batch of each measurement at a time, so that all see the same machine load; sum the times
     t_dec = t_smp = t_one = 0.0
     n = mosaics = 0
@@ -77,7 +77,7 @@ def main(argv=None):
     for start in range(0, args.rounds * args.samples, args.batch):
         items = order[start:start + args.batch]
         t0 = time.perf_counter()
-        for i, _ in items: read_image(paths[i])
+        for i, _ in items: read_image(*files[i])
         t1 = time.perf_counter()
         images, targets, infos = collate(ds.__getitems__(items))
         t2 = time.perf_counter()
@@ -91,7 +91,7 @@ def main(argv=None):
     out = dict(samples_per_s=round(samples, 1), decode_per_s=round(decode, 1),
                ratio=round(samples / decode, 3), mosaic_fraction=round(mosaics / n, 3),
                samples_per_s_single=round(single, 1), ratio_single=round(single / decode, 3), batch=args.batch,
-               size=args.size, images=len(paths), image_size=[args.width, args.height] if args.data is None else None,
+               size=args.size, images=len(files), image_size=[args.width, args.height] if args.data is None else None,
                threads=1, uint8=not args.float)
     cond.add_timings("decode_seconds_per_sample", [r["dec"] / r["n"] for r in per_round if r["n"]])
     cond.add_timings("samples_seconds_per_sample", [r["smp"] / r["n"] for r in per_round if r["n"]])

@@ -10,6 +10,9 @@ from pathlib import Path
 import contextlib
 import io
 
+import pytest
+
+from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.cli import main
 from yolo_voc.synthetic import make_synthetic_voc
 from yolo_voc.voc import load_annotations, voc_to_yolo_text
@@ -142,3 +145,64 @@ def test_not_a_dataset_and_usage(tmp_path, monkeypatch):
     r = run("--help", tmp=tmp_path)
     assert r.returncode == 0 and "synth" in r.stdout and "check" in r.stdout
     assert run_here("synth", tmp_path / "x", "--classes", "99", tmp=tmp_path, monkeypatch=monkeypatch).returncode == 2
+
+
+# --- issue 21: VOCdevkit trees are Pascal VOC; class lists read one way ---
+
+def test_stray_class_in_a_devkit(tmp_path, monkeypatch):
+    "A VOCdevkit with VOC names and one `unicorn` stays the 20 VOC classes: check and fit list the stray name with its file."
+    voc = make_synthetic_voc(tmp_path / "d", n_images=8, image_size=(96, 64), seed=0)
+    (voc.parent / "classes.txt").unlink()  # a devkit as VOC ships it
+    x = voc / "Annotations" / "000003.xml"
+    x.write_text(_set_first(x.read_text(), name="unicorn"))
+    r = run_here("check", tmp_path / "d", "--no-cache", tmp=tmp_path, monkeypatch=monkeypatch)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[1] == (f"classes: the 20 Pascal VOC classes, as a VOCdevkit tree has (a classes.txt in {voc.parent} "
+                        f"would name others)")
+    assert lines[-2:] == ["problems: 1", "  VOC2007/Annotations/000003.xml: box 1: unknown class 'unicorn'"]
+    assert sum(l.startswith("  ") and l.split()[0] in VOC_CLASSES for l in lines) == 20 and "unicorn" not in lines[3:-2]
+    from yolo_voc.data import VOCDataModule
+    from yolo_voc.voc import DatasetError
+    dm = VOCDataModule(str(tmp_path / "d"), image_size=64, batch_size=2, num_workers=0)
+    assert dm.class_names == VOC_CLASSES
+    with pytest.raises(DatasetError, match=r"VOC2007/Annotations/000003.xml: box 1: unknown class 'unicorn'"):
+        dm.setup("fit")
+
+
+def test_classes_file_read_as_classes_txt(tmp_path, monkeypatch):
+    "`check --classes FILE` reads FILE as a dataset's classes.txt: names with spaces, a BOM; bad lines are errors (exit 2)."
+    voc = make_synthetic_voc(tmp_path / "d", n_images=6, image_size=(96, 64), seed=0, class_names=("traffic light", "cat"))
+    assert (voc.parent / "classes.txt").read_text() == "traffic light\ncat\n"
+    names = tmp_path / "names.txt"
+    names.write_bytes("\ufefftraffic light\r\ncat\r\n".encode())  # as Windows Notepad writes it
+    for extra in ([], ["--classes", names]):
+        r = run_here("check", tmp_path / "d", "--json", "--no-cache", *extra, tmp=tmp_path, monkeypatch=monkeypatch)
+        d = json.loads(r.stdout)
+        assert (r.returncode, list(d["per_class"]), d["problems"]) == (0, ["traffic light", "cat"], [])
+    names.write_text("traffic light\n\ncat\ncat\n")
+    r = run_here("check", tmp_path / "d", "--classes", names, tmp=tmp_path, monkeypatch=monkeypatch)
+    assert r.returncode == 2 and r.stdout == ""
+    assert f"{names}: 2 problems:" in r.stderr and f"{names}: line 2 is blank" in r.stderr
+    assert f"{names}: line 4 'cat' repeats line 3" in r.stderr
+    r = run_here("check", tmp_path / "d", "--classes", tmp_path / "nmaes.txt", tmp=tmp_path, monkeypatch=monkeypatch)
+    assert r.returncode == 2 and "nmaes.txt: no such file" in r.stderr
+
+
+def test_names_that_differ_only_in_case(tmp_path, monkeypatch):
+    "In a custom folder, `Cat` and `cat` are one problem naming both spellings and the files that use them."
+    voc = make_synthetic_voc(tmp_path / "s", n_images=8, image_size=(96, 64), seed=0, class_names=("cat", "dog"))
+    export = tmp_path / "labelimg_export"
+    shutil.copytree(voc, export)  # Annotations/, JPEGImages/, ImageSets/ in a folder of any name, no classes.txt
+    cats = sorted(x.name for x in (export / "Annotations").glob("*.xml") if "<name>cat</name>" in x.read_text())
+    for name in cats[:2]:
+        x = export / "Annotations" / name
+        x.write_text(x.read_text().replace("<name>cat</name>", "<name>Cat</name>"))
+    r = run_here("check", export, "--json", "--no-cache", tmp=tmp_path, monkeypatch=monkeypatch)
+    d = json.loads(r.stdout)
+    assert r.returncode == 1 and list(d["per_class"]) == ["Cat", "cat", "dog"]
+    files = [f"labelimg_export/Annotations/{n}" for n in cats]
+    rest = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    assert d["problems"] == [{"file": files[0], "problem": (
+        f"class names that differ only in case: 'Cat' in {', '.join(files[:2])}; "
+        f"'cat' in {', '.join(files[2:5])}{rest}; use one spelling")}]

@@ -1,83 +1,16 @@
 "Tests of yolo_voc.download (and `yolo-voc download voc`) against a local HTTP mirror on 127.0.0.1."
 import dataclasses
 import hashlib
-import http.server
-import io
 import re
 import socket
-import tarfile
-import threading
-from pathlib import Path
 
 import pytest
+from voc_mirror import TEST, TRAINVAL, make_tar, pack_voc, serve
 
 import yolo_voc.cli
 from yolo_voc import download
 from yolo_voc.download import DownloadError, download_file, download_voc, extract_tar
 from yolo_voc.voc import check_dataset
-
-TRAINVAL, TEST = "VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"
-
-
-class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    "Serves `files` (name -> bytes) with `Range: bytes=N-` support; `cut[name] = n` sends only n bytes of the next answer."
-    files, cut, log = {}, {}, []
-
-    def log_message(self, *args): pass
-
-    def do_GET(self):
-        name = self.path.lstrip("/")
-        self.log.append((name, self.headers.get("Range")))
-        if name not in self.files: return self.send_error(404, "Not Found")
-        data, start = self.files[name], 0
-        if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or ""):
-            start = int(m.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else: self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        if (n := self.cut.pop(name, None)) is not None: body, self.close_connection = body[:n], True
-        self.wfile.write(body)
-
-
-def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    return info
-
-
-def pack_voc(voc: Path, splits, year: str = "2007") -> bytes:
-    "Tar `splits` of the VOC folder `voc` as the official tars are packed: split files and their images under VOCdevkit/VOC<year>/."
-    ids = sorted({i for s in splits for i in (voc / "ImageSets" / "Main" / f"{s}.txt").read_text().split()})
-    files = [f"ImageSets/Main/{s}.txt" for s in splits]
-    files += [f"{d}/{i}.{e}" for i in ids for d, e in (("Annotations", "xml"), ("JPEGImages", "jpg"))]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for f in files: t.add(voc / f, f"VOCdevkit/VOC{year}/{f}", filter=_plain)
-    return buf.getvalue()
-
-
-def make_tar(members: dict) -> bytes:
-    "A tar of `members`: name -> bytes, or ('link', target) for a symlink."
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            if isinstance(data, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, data[1]
-                t.addfile(info)
-            else:
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def tars(synth_voc):
@@ -89,11 +22,8 @@ def tars(synth_voc):
 @pytest.fixture
 def mirror(tars):
     "A mirror of the synthetic tars on 127.0.0.1: (base URL, handler class with `files`, `cut`, `log`)."
-    handler = type("Handler", (MirrorHandler,), {"files": dict(tars), "cut": {}, "log": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    url, handler, server = serve(tars)
+    yield url, handler
     server.shutdown()
     server.server_close()
 
@@ -180,9 +110,14 @@ def test_interrupted_download_voc_resumes_in_one_call(tmp_path, mirror, simulate
 def test_complete_part_file_is_finished(tmp_path, mirror, tars):
     "A .part that already holds the whole file (killed before the rename): the server answers 416, nothing is re-sent."
     url, handler = mirror
-    (tmp_path / f"{TEST}.part").write_bytes(tars[TEST])
+    handler.cut[TEST] = 10_000
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download_file(f"{url}/{TEST}", tmp_path / TEST, progress=False, retries=0)
+    (tmp_path / f"{TEST}.part").write_bytes(tars[TEST])  # all of it arrived, the run was killed before the rename
+    handler.log.clear()
     download_file(f"{url}/{TEST}", tmp_path / TEST, md5=md5(tars[TEST]), progress=False)
     assert handler.log == [(TEST, f"bytes={len(tars[TEST])}-")]
+    assert handler.if_range == [f'"{md5(tars[TEST])}"']  # the ETag the first answer gave
     assert download.file_md5(tmp_path / TEST) == md5(tars[TEST])
 
 
@@ -202,8 +137,9 @@ def test_http_and_network_errors(tmp_path, mirror):
     ("../evil", b"gotcha", "goes up with '..'"),
     ("VOCdevkit/VOC2007/../../evil", b"gotcha", "goes up with '..'"),
     ("/tmp/evil", b"gotcha", "has an absolute path"),
-    ("VOCdevkit/VOC2007/link", ("link", "../../../evil"), "links to '../../../evil', outside VOCdevkit/"),
-    ("VOCdevkit/VOC2007/link", ("link", "/etc/passwd"), "links to the absolute path"),
+    ("VOCdevkit/VOC2007/link", ("link", "../../../evil"), "is a symbolic link (to '../../../evil'); the official VOC tars hold no links"),
+    ("VOCdevkit/VOC2007/link", ("link", "/etc/passwd"), "is a symbolic link (to '/etc/passwd'); the official VOC tars hold no links"),
+    ("VOCdevkit/VOC2007/link", ("hardlink", "VOCdevkit/VOC2007/ImageSets/Main/train.txt"), "is a hard link (to 'VOCdevkit/"),
 ])
 def test_unsafe_tar_refused(tmp_path, mirror, member, data, problem):
     url, handler = mirror
@@ -223,8 +159,8 @@ def test_truncated_tar_leaves_no_tree(tmp_path, tars):
     assert list((tmp_path / "root").iterdir()) == []
 
 
-def test_failed_extraction_leaves_tree_as_it_was(tmp_path, tars):
-    "A tar that fails half-way through writing (a file where it needs a folder) changes nothing in the target tree."
+def test_file_and_folder_clash_refused_before_writing(tmp_path, tars):
+    "A tar with a file where its other members need a folder is refused while its members are read: nothing changes."
     root = tmp_path / "root"
     (tmp_path / "a.tar").write_bytes(tars[TRAINVAL])
     extract_tar(tmp_path / "a.tar", root)
@@ -232,7 +168,8 @@ def test_failed_extraction_leaves_tree_as_it_was(tmp_path, tars):
     bad = make_tar({"VOCdevkit/VOC2007/ImageSets/Main/test.txt": b"000001\n", "VOCdevkit/VOC2007/JPEGImages/new.jpg": b"x",
                     "VOCdevkit/VOC2007/x": b"file", "VOCdevkit/VOC2007/x/y": b"needs x to be a folder"})
     (tmp_path / "bad.tar").write_bytes(bad)
-    with pytest.raises(DownloadError, match=rf"^{re.escape(str(tmp_path / 'bad.tar'))}: extraction failed"):
+    with pytest.raises(DownloadError, match=rf"^{re.escape(str(tmp_path / 'bad.tar'))}: member 'VOCdevkit/VOC2007/x' is a file, "
+                                            "and other members lie inside it; nothing was extracted"):
         extract_tar(tmp_path / "bad.tar", root)
     assert sorted((str(p), p.stat().st_size) for p in root.rglob("*")) == before
 

@@ -153,7 +153,7 @@ def test_real_voc_on_cpu_keeps_its_20_classes(tmp_path):
     "A VOCdevkit with all 20 VOC classes trains on a CPU with those 20 (not the synthetic run's 10), with the epoch-time"
     " warning; `check` and `fit` list the same problems, each once."
     voc = make_synthetic_voc(tmp_path / "data", n_images=40, image_size=(160, 120), seed=3)
-    (voc.parent / "classes.txt").unlink()  # a real devkit has none: the 20 names come from the annotations
+    (voc.parent / "classes.txt").unlink()  # a real devkit has none: a VOCdevkit tree has the 20 VOC classes
     run = tmp_path / "run"
     args = ["--data.root", tmp_path / "data", "--model.width_mult", "0.125", "--model.depth_mult", "0.33",
             "--data.image_size", "96", "--data.batch_size", "4", "--data.num_workers", "0", "--model.max_lr", "0.002",

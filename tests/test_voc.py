@@ -97,7 +97,8 @@ def test_size_from_image_header_and_mismatch(tmp_path):
     y.write_text(y.read_text().replace("<width>96</width>", "<width>64</width>").replace("<height>64</height>", "<height>96</height>"))
     rep = check_dataset(voc)
     assert [p.file for p in rep.problems] == ["VOC2007/Annotations/000002.xml"]
-    assert "differs from the image" in rep.problems[0].problem
+    assert rep.problems[0].problem == ("<size> 64x96 differs from the image VOC2007/JPEGImages/000002.jpg (96x64), only by "
+                                       "swapped sides: was the image turned after it was annotated? Re-annotate it, or turn it back")
     recs = {r.image_id: r for r in load_annotations(voc, None, skip_bad=True, problems=[])}
     assert (recs["000001"].width, recs["000001"].height) == (96, 64)
     assert "000002" not in recs
@@ -304,18 +305,33 @@ def test_class_names_rules(tmp_path, synth_voc):
         x.write_text(re.sub(r"<name>(\w+)</name>", lambda m: "<name>" + ("Zebra" if m.group(1) < "d" else "apple") + "</name>",
                             x.read_text()))
     assert dataset_class_names(ex) == ("Zebra", "apple")
-    # the same names in a VOC year folder are not VOC names either
+    # the same names in a VOCdevkit tree: it is Pascal VOC, and every other name is a problem with its file
     y = tmp_path / "dk2" / "VOCdevkit" / "VOC2007"
     shutil.copytree(ex, y)
-    assert dataset_class_names(y) == ("Zebra", "apple")
-    # classes.txt in the folder pointed at, or in the layout's base, wins (BOM and blank lines ignored)
-    (ex / "classes.txt").write_bytes("\ufeffapple\n\nZebra\npear\n".encode())
-    assert dataset_class_names(ex) == ("apple", "Zebra", "pear")
+    assert dataset_class_names(y) == VOC_CLASSES == dataset_class_names(y.parent.parent)
+    rep = check_dataset(y, "trainval", dataset_class_names(y))
+    assert not rep.ok and rep.images == 0 and {p.file for p in rep.problems} == {
+        f"VOC2007/Annotations/{i}.xml" for i in _ids(synth_voc, "trainval")}
+    assert all(re.fullmatch(r"box \d+: unknown class '(Zebra|apple)'", p.problem) for p in rep.problems)
+    # classes.txt in the folder pointed at, or in the layout's base, wins (BOM and trailing blank lines ignored)
+    (ex / "classes.txt").write_bytes("\ufeffapple\nZebra\ntraffic light\n\n\n".encode())
+    assert dataset_class_names(ex) == ("apple", "Zebra", "traffic light")
     (y.parent / "classes.txt").write_text("one\ntwo\n")
     assert dataset_class_names(y) == ("one", "two") == dataset_class_names(y.parent.parent)
     (y.parent / "classes.txt").write_text("one\ntwo\none\n")
-    with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: class names listed more than once: 'one'"):
+    with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: line 3 'one' repeats line 1$"):
         dataset_class_names(y)
+    (y.parent / "classes.txt").write_text("one\n\ntwo\n")  # a blank line would shift every later class index
+    with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: line 2 is blank"):
+        dataset_class_names(y)
+    (y.parent / "classes.txt").write_text("Cat\ndog\ncat\n\n\ndog\n")
+    with pytest.raises(DatasetError) as e:
+        dataset_class_names(y)
+    assert [p.problem for p in e.value.problems] == [
+        "line 3 'cat' differs from line 1 'Cat' only in case: use one spelling",
+        "line 4 is blank (one class name per line, in class index order: remove it)",
+        "line 5 is blank (one class name per line, in class index order: remove it)", "line 6 'dog' repeats line 2"]
+    assert str(e.value).startswith(f"{y.parent / 'classes.txt'}: 4 problems:\n")
     (y.parent / "classes.txt").write_text("\n \n")
     with pytest.raises(DatasetError, match=r"VOCdevkit/classes.txt: no class names"):
         dataset_class_names(y)
@@ -345,8 +361,12 @@ def test_class_names_share_the_check_cache(tmp_path, synth_voc, monkeypatch):
     real = voc_mod._raw_voc_xml
     monkeypatch.setattr(voc_mod, "_raw_voc_xml", lambda data: parsed.append(1) or real(data))
     cache = tmp_path / "check.json"
-    assert dataset_class_names(root, cache=cache) == VOC_CLASSES
-    rep = check_dataset(root, None, VOC_CLASSES, cache=cache)
+    assert dataset_class_names(root, cache=cache) == VOC_CLASSES and parsed == []  # a devkit: VOC, nothing read
+    export = root / "VOCdevkit" / "VOC2007"
+    export.rename(tmp_path / "export")  # the same files as a LabelImg export: named by its annotations
+    names = dataset_class_names(tmp_path / "export", cache=cache)
+    assert set(names) <= set(VOC_CLASSES) and len(parsed) == 40
+    rep = check_dataset(tmp_path / "export", None, names, cache=cache)
     assert (len(parsed), rep.cache_hits, rep.images) == (40, 40, 40)  # each XML parsed once between the two
 
 

@@ -152,11 +152,28 @@ def synth(argv: list[str]) -> int:
 
 # %% ../nbs/11_cli.ipynb
 def _class_names(s: str) -> tuple[str, ...]:
-    "Class names from a comma-separated list or a file with one per line."
-    names = Path(s).read_text().split() if Path(s).is_file() else s.split(",")
-    names = tuple(n.strip() for n in names if n.strip())
-    if not names: raise argparse.ArgumentTypeError(f"{s!r}: no class names")
-    return names
+    "Class names from a file, read exactly as a dataset's classes.txt is (`voc.read_classes_file`), or a comma-separated list."
+    from yolo_voc.voc import DatasetError, class_list_problems, read_classes_file
+    if Path(s).is_file():
+        try: return read_classes_file(s)
+        except DatasetError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    if Path(s).suffix.lower() in (".txt", ".names") or "/" in s or os.sep in s:
+        raise argparse.ArgumentTypeError(f"{s}: no such file (--classes takes a class list file or comma-separated names)")
+    names = [n.strip() for n in s.split(",")]
+    if problems := class_list_problems(names, "name"): raise argparse.ArgumentTypeError(f"--classes {s!r}: " + "; ".join(problems))
+    return tuple(n for n in names if n)
+
+def _classes_said(data: Path, names: Sequence[str], given: bool) -> str:
+    "Where the class names of a check come from, in a few words."
+    from yolo_voc.voc import CLASSES_FILE, class_names_rule, find_dataset
+    if given: return f"{len(names)} from --classes"
+    rule, file = class_names_rule(data)
+    if rule == "file": return f"{len(names)} from {file}"
+    layout = find_dataset(data)
+    if rule == "voc":
+        what = "a VOCdevkit tree" if layout.kind == "voc" else "the Kaggle copy of VOC"
+        return f"the {len(names)} Pascal VOC classes, as {what} has (a {CLASSES_FILE} in {layout.base} would name others)"
+    return f"the {len(names)} names its annotations use, sorted (a {CLASSES_FILE} in {layout.base} would fix them)"
 
 @command("check")
 def check(argv: list[str]) -> int:
@@ -168,7 +185,8 @@ def check(argv: list[str]) -> int:
     p.add_argument("--split", default=None,
                    help="e.g. trainval, 2007-test, 2007-trainval+2012-trainval (default: every split file)")
     p.add_argument("--classes", default=None, metavar="NAMES|FILE",
-                   help="class names, comma-separated or a file with one per line (default: from the data, as fit takes them)")
+                   help="class names, comma-separated or a file with one per line, read as a dataset's classes.txt "
+                        "(default: from the data, as fit takes them)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--no-cache", action="store_true", help="do not use or update the check cache")
     a = p.parse_args(argv)
@@ -176,7 +194,8 @@ def check(argv: list[str]) -> int:
     except (argparse.ArgumentTypeError, OSError) as e: p.error(str(e))
     try:
         layout = find_dataset(a.data)
-        names = names or dataset_class_names(a.data, cache=not a.no_cache)
+        given, names = names is not None, names or dataset_class_names(a.data, cache=not a.no_cache)
+        said = _classes_said(a.data, names, given)
         rep = check_dataset(a.data, a.split, names, cache=not a.no_cache)
     except DatasetError as e:  # not a dataset, or a bad split spec: still one report
         rep = CheckReport(per_class={n: 0 for n in names or ()},
@@ -186,7 +205,7 @@ def check(argv: list[str]) -> int:
     else:
         if layout is not None:
             kind = "VOCdevkit " + "+".join(f"VOC{y}" for y in layout.years) if layout.kind == "voc" else "Kaggle YOLO text"
-            print(f"{kind} at {layout.base}, split: {a.split or 'all'}")
+            print(f"{kind} at {layout.base}, split: {a.split or 'all'}\nclasses: {said}")
         print(rep)
     return EXIT_OK if rep.ok else EXIT_BAD_INPUT
 
@@ -194,8 +213,11 @@ def check(argv: list[str]) -> int:
 @command("download")
 def download(argv: list[str]) -> int:
     "Download a dataset: `download voc ROOT` fetches Pascal VOC 2007/2012 into ROOT/VOCdevkit (MD5-checked, resumable)."
-    from yolo_voc.download import DownloadError, download_voc
-    p = command_parser("download", download.__doc__)
+    from yolo_voc.download import DownloadError, RootConflict, RootError, download_voc
+    p = command_parser("download", download.__doc__,
+                       "download: 1 a download, checksum or tar that can't be used; 2 also a ROOT that holds files of\n"
+                       "yours the tars would replace; 3 ROOT can't be written (read-only, full, a file, another run on\n"
+                       "it); after 130 (Ctrl-C) the same command again goes on: downloads resume.")
     p.add_argument("dataset", choices=["voc"], help="the dataset: voc (Pascal VOC)")
     p.add_argument("root", type=Path, help="the folder to put VOCdevkit/ in (created)")
     p.add_argument("--years", nargs="+", default=["2007", "2012"], choices=["2007", "2012"],
@@ -204,9 +226,17 @@ def download(argv: list[str]) -> int:
     p.add_argument("--no-checksum", action="store_true", help="skip the MD5 check (for repacked mirrors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    prog = "yolo-voc download"
     try: devkit = download_voc(a.root, a.years, a.base_url, checksum=not a.no_checksum, progress=not a.no_progress)
-    except DownloadError as e:
-        print(f"yolo-voc download: {e}", file=sys.stderr); return 1
+    except RootConflict as e:  # ROOT refused: the user's files, or a link
+        print(f"{prog}: {e}", file=sys.stderr); return 2
+    except DownloadError as e:  # a server, a checksum, a tar
+        print(f"{prog}: {e}", file=sys.stderr); return 1
+    except OSError as e:  # writing ROOT (RootError names the path and what to do)
+        msg = str(e) if isinstance(e, RootError) or not (e.filename and e.strerror) else f"{e.filename}: {e.strerror}"
+        print(f"{prog}: {msg}", file=sys.stderr); return 3
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; run the same command again to go on (downloads resume)", file=sys.stderr); return 130
     print(f"Pascal VOC {'+'.join(a.years)} in {devkit}; train with: yolo-voc fit --data.root {a.root}")
     return 0
 

@@ -30,7 +30,7 @@ from .voc import DatasetError, check_dataset, dataset_class_names, load_annotati
 # %% auto 0
 __all__ = ['SYNTHETIC_AUGMENT', 'image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset', 'mosaic_fraction',
            'collate', 'encode_targets', 'EpochSampler', 'worker_init', 'show_batch', 'multiscale_batch', 'cache_dir',
-           'synthetic_dataset', 'VOCDataModule']
+           'synthetic_dataset', 'VOCDataModule', 'launched_world_size', 'gather_from_ranks', 'annotations_digest']
 
 # %% ../nbs/03_data.ipynb
 def image_to_tensor(img: np.ndarray, uint8: bool = False) -> torch.Tensor:
@@ -121,7 +121,7 @@ class VOCDataset(Dataset):
                 for j in picks:
                     s = self.annotations[j]
                     b, l, d = self._source(s)
-                    srcs.append(_Tile(s.image_path, s.width, s.height, b, l, d))
+                    srcs.append(_Tile(s.image_path, s.width, s.height, b, l, d, getattr(s, "orientation", None)))
                 images = [decode(j) for j in picks] if decode is not None else None
                 img, boxes, labels, diff = mosaic(srcs, self.mosaic_size, rng, scale=self.mosaic_scale, images=images)
             else:
@@ -135,7 +135,7 @@ class VOCDataset(Dataset):
 
 class _Tile:
     "What `mosaic` needs of a source record."
-    __slots__ = ("image_path", "width", "height", "boxes", "labels", "difficult")
+    __slots__ = ("image_path", "width", "height", "boxes", "labels", "difficult", "orientation")
     def __init__(self, *values):
         for k, v in zip(self.__slots__, values): setattr(self, k, v)
 
@@ -328,13 +328,19 @@ class VOCDataModule(pl.LightningDataModule):
         self._class_names = tuple(class_names) if class_names is not None else None
         self.train_dataset = self.val_dataset = self.test_dataset = self.predict_dataset = None
         self.skipped: list | None = None  # the problems `setup("fit")` found (and skip_bad skips)
+        self.unreadable: DatasetError | None = None  # data this process could not read, raised in `setup`
 
     @property
     def class_names(self) -> tuple[str, ...]:
         "The classes in label order: given, or decided by the data (`voc.dataset_class_names`), never by the machine."
         if self._class_names is None:
-            self._class_names = (self.synthetic_class_names() if self.root is None
-                                 else dataset_class_names(self.root, cache=True))
+            try: self._class_names = (self.synthetic_class_names() if self.root is None
+                                      else dataset_class_names(self.root, cache=True))
+            except DatasetError as e:
+                if launched_world_size() == 1: raise
+                # one of several processes: stopping now would leave the others waiting for it until the DDP timeout;
+                # `setup` raises it on every process together, once all of them are connected
+                self.unreadable, self._class_names = e, VOC_CLASSES
         return self._class_names
     @property
     def num_classes(self) -> int: return len(self.class_names)
@@ -379,13 +385,23 @@ class VOCDataModule(pl.LightningDataModule):
         return problems
 
     def setup(self, stage: str | None = None) -> None:
-        hp = self.hparams
+        hp, trainer = self.hparams, getattr(self, "trainer", None)
+        together = trainer is not None and trainer.world_size > 1  # under DDP every process stops, or none
+        if self.unreadable is not None and not together: raise self.unreadable
         if stage == "fit" and self.skipped is None:  # the training data is checked before anything is read
             self.skipped = self.check([hp.train_split, hp.val_split])
             if self.skipped and not hp.skip_bad:
                 listing = "\n".join(f"  {p.file}: {p.problem}" for p in self.skipped)
                 raise DatasetError(f"{self.dataset_root()}: {len(self.skipped)} problem(s); fix them, or pass --data.skip_bad "
                                    f"true to train on the rest (they are then listed in skipped.json):\n{listing}", self.skipped)
+        try: self._make_datasets(stage)
+        except DatasetError as e:
+            if not together: raise
+            self.unreadable = e
+        if together: self.same_data_everywhere(trainer)
+
+    def _make_datasets(self, stage: str | None) -> None:
+        hp = self.hparams
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = VOCDataset(self._annotations(hp.train_split), self.image_size, train=True,
                                             mosaic_prob=hp.mosaic_prob, seed=self.seed, keep_difficult=hp.keep_difficult,
@@ -397,6 +413,24 @@ class VOCDataModule(pl.LightningDataModule):
             self.test_dataset = self._eval_dataset(hp.test_split)
         if stage in (None, "predict") and self.predict_dataset is None:
             self.predict_dataset = self._eval_dataset(hp.predict_split or hp.test_split)
+
+    def same_data_everywhere(self, trainer) -> None:
+        "Under DDP: unless every process reads the data rank 0 reads, stop all of them together with one message."
+        if self.unreadable is not None: mine = ("error", str(self.unreadable))
+        else:
+            made = (self.train_dataset, self.val_dataset, self.test_dataset, self.predict_dataset)
+            anns = [a for dataset in made if dataset is not None for a in dataset.annotations]
+            missing = [a.image_path for a in anns if not a.image_path.is_file()]  # rank 0's check read every image
+            mine = (("error", f"{missing[0]}: no such image ({len(missing)} of {len(anns)} missing)") if missing
+                    else ("data", annotations_digest(anns, self.class_names)))
+        seen = gather_from_ranks(trainer, mine)
+        odd = [f"rank {r}: {text if kind == 'error' else 'other images, annotations or classes than rank 0'}"
+               for r, (kind, text) in enumerate(seen) if kind == "error" or (seen[0][0] == "data" and text != seen[0][1])]
+        if odd:
+            where = f"--data.root {self.root}" if self.root is not None else "the synthetic set"
+            raise DatasetError(f"the {len(seen)} processes do not all read the same data ({where}); every "
+                               "node needs the same dataset, on shared storage or as an identical copy at the same path:\n  "
+                               + "\n  ".join(odd))
 
     def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers
@@ -428,3 +462,23 @@ class VOCDataModule(pl.LightningDataModule):
             hp = self.hparams
             images = multiscale_batch(images, trainer.global_step, hp.multiscale_sizes, self.seed, hp.multiscale_every)
         return images, targets, infos
+
+# %% ../nbs/03_data.ipynb
+def launched_world_size() -> int:
+    "How many processes the launcher started for this run (torchrun's and Lightning's `WORLD_SIZE`, SLURM's task count)."
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+
+def gather_from_ranks(trainer, obj: Any) -> list:
+    "Every process's `obj` (picklable), in rank order; `[obj]` without DDP."
+    if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized(): return [obj]
+    out = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+def annotations_digest(annotations: Sequence, class_names: Sequence[str]) -> str:
+    "A SHA-1 of what training reads from `annotations`: class names, image names and sizes, boxes, labels, difficult flags."
+    h = hashlib.sha1(json.dumps(list(class_names)).encode())
+    for a in annotations:
+        h.update(f"|{a.image_id}|{a.image_path.name}|{a.width}x{a.height}|".encode())
+        for values in (a.boxes, a.labels, a.difficult): h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()

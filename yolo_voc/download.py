@@ -5,29 +5,47 @@
 # %% ../nbs/01b_download.ipynb 3
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
+import json
 import os
 import shutil
+import signal
+import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 import yolo_voc
 
+try: import fcntl  # POSIX (Linux, macOS): the lock that keeps two runs out of one ROOT
+except ImportError: fcntl = None
+
 # %% auto 0
-__all__ = ['VOC_BASE_URL', 'VOC_FILES', 'DownloadError', 'VocFile', 'voc_files', 'file_md5', 'format_progress', 'download_file',
-           'check_tar_members', 'extract_tar', 'download_voc']
+__all__ = ['VOC_BASE_URL', 'VOC_FILES', 'LOCK_NAME', 'DownloadError', 'RootConflict', 'RootError', 'VocFile', 'voc_files',
+           'file_md5', 'format_progress', 'download_file', 'check_tar_members', 'extract_tar', 'lock_root',
+           'download_voc']
 
 # %% ../nbs/01b_download.ipynb
 class DownloadError(ValueError):
-    "A download or extraction failed; the message starts with the file or URL it is about."
+    "A server, a checksum or an archive that can't be used (exit 1); the message starts with the file or URL it is about."
+
+
+class RootConflict(DownloadError):
+    "ROOT holds something a tar would replace or write through (a file of yours, a link): nothing was extracted (exit 2)."
+
+
+class RootError(OSError):
+    "ROOT can't be written: read-only, full, a file, another file system, or busy with another run (exit 3); one line."
 
 
 #: The official server; each year has its own folder there (voc2007/, voc2012/), a mirror serves the names flat.
@@ -57,6 +75,20 @@ VOC_FILES: dict[str, tuple[VocFile, ...]] = {
     "2012": (VocFile("VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd", 1_999_639_040, "2012",
                      ("train", "val", "trainval")),),
 }
+
+
+_WRITE_HINTS = {errno.ENOSPC: "the disk is full: free some space and run again (a download resumes where it stopped)",
+                errno.EDQUOT: "the disk quota is used up: free some space and run again",
+                errno.EROFS: "choose a ROOT on a writable disk", errno.EACCES: "choose a ROOT you may write to",
+                errno.EPERM: "choose a ROOT you may write to",
+                errno.EXDEV: "the extracted files are moved into place by renaming, which works only within one file "
+                             "system: give a ROOT on the file system that holds VOCdevkit"}
+
+
+def _root_error(e: OSError, path: str | Path) -> RootError:
+    "One line for an OSError while writing: the path, the system's words, and what to do."
+    hint = _WRITE_HINTS.get(e.errno)
+    return RootError(f"{e.filename or path}: {e.strerror or e}" + (f"; {hint}" if hint else ""))
 
 # %% ../nbs/01b_download.ipynb
 def voc_files(years: str | Sequence[str] = ("2007", "2012"), # VOC years, "2007" and/or "2012"
@@ -132,15 +164,51 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     except (IndexError, ValueError): return None, None
 
 
+def _part_record(part: Path) -> Path: return part.with_name(part.name + ".json")
+
+
+def _read_record(path: Path) -> dict | None:
+    "What `_fetch` saved about the file a `.part` holds (url, etag, last_modified, total), or None."
+    try: record = json.loads(path.read_text())
+    except (OSError, ValueError): return None
+    return record if isinstance(record, dict) else None
+
+
+def _validator(record: dict) -> str | None:
+    "The `If-Range` value for `record`: a strong ETag, else the Last-Modified date (RFC 9110, 13.1.5 forbids weak ETags)."
+    etag = record.get("etag")
+    return etag if isinstance(etag, str) and not etag.startswith("W/") else record.get("last_modified")
+
+
+def _not_resumable(record: dict | None, url: str) -> str | None:
+    "Why a `.part` described by `record` can't be resumed from `url`, or None when it can."
+    if record is None: return "nothing says which file it holds"
+    if record.get("url") != url: return f"it came from {record.get('url')}"
+    if not (_validator(record) or record.get("total")): return "its server gave no way to tell that the file is the same"
+    return None
+
+
 def _fetch(url: str, part: Path, progress: bool, timeout: float) -> None:
-    "Append the rest of `url` to `part` (all of it when `part` is empty or the server ignores the range)."
+    "Download `url` into `part`, resuming it only when the server shows it still serves the same file."
+    say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    record_path = _part_record(part)
     have = part.stat().st_size if part.exists() else 0
+    record = _read_record(record_path) if have else None
+    if have and (why := _not_resumable(record, url)):
+        say(f"{part}: not resumed ({why}); downloading from the start")
+        have = 0
     headers = {"User-Agent": f"yolo-voc/{yolo_voc.__version__}"}
-    if have: headers["Range"] = f"bytes={have}-"
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if validator := _validator(record): headers["If-Range"] = validator  # changed file: the server sends it all
     try: resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # nothing left to send: `part` is complete, or longer than the file
-            if _content_range(e.headers.get("Content-Range"))[1] == have: return
+            total = _content_range(e.headers.get("Content-Range"))[1]
+            if total == have and record.get("total") in (None, have): return
+            say(f"{part}: holds {have:,} bytes, the server's file {total if total is None else f'{total:,}'}; "
+                "downloading from the start")
+            record_path.unlink(missing_ok=True)
             part.unlink()
             return _fetch(url, part, progress, timeout)
         raise DownloadError(f"{url}: HTTP error {e.code} ({e.reason})") from None
@@ -150,22 +218,36 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float) -> None:
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(f"{url}: no answer from the server ({e})") from None
     with resp:
-        if have and resp.status == 206:
-            start = _content_range(resp.headers.get("Content-Range"))[0]
-            if start != have: raise DownloadError(f"{url}: asked for the bytes from {have} on, the server sent from {start}")
-        else: have = 0  # the server sends the whole file
         length = resp.headers.get("Content-Length")
-        total = have + int(length) if length and length.isdigit() else None
+        length = int(length) if length and length.isdigit() else None
+        if have and resp.status == 206:
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            if start != have: raise DownloadError(f"{url}: asked for the bytes from {have} on, the server sent from {start}")
+            if record.get("total") is not None and total != record["total"]:  # a server without validators changed its file
+                say(f"{part}: the server's file is now {total} bytes, not {record['total']:,}; downloading from the start")
+                record_path.unlink(missing_ok=True)
+                part.unlink()
+                resp.close()
+                return _fetch(url, part, progress, timeout)
+        else:  # 200: the whole file, from its first byte; what `part` holds is not its beginning
+            if have: say(f"{part}: the server sent the whole file (it changed, or ignores resuming); starting again")
+            have = 0
+            record = {"url": url, "etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified"),
+                      "total": length}
+        total = have + length if length is not None else None
+        read = getattr(resp, "read1", resp.read)  # what has arrived, up to 1 MiB: the .part grows as data comes
         bar, done = _Progress(part.name.removesuffix(".part"), have, total, progress), have
         try:
-            with open(part, "ab" if have else "wb") as f:
+            with open(part, "ab" if have else "wb") as f:  # "wb" empties it: never append a whole file to a partial one
+                if not have: record_path.write_text(json.dumps(record))  # after emptying `part`, before its first byte
                 while True:
-                    try: chunk = resp.read(1 << 20)
+                    try: chunk = read(1 << 20)
                     except (OSError, http.client.HTTPException) as e: raise _Interrupted(f"the connection broke ({e!r})")
                     if not chunk: break
                     f.write(chunk)
                     done += len(chunk)
                     bar.update(done)
+        except OSError as e: raise _root_error(e, part) from None  # writing: a full disk, a read-only one, ...
         finally: bar.close()
     if total is not None and done < total: raise _Interrupted(f"the connection closed after {done:,} of {total:,} bytes")
 
@@ -177,11 +259,12 @@ def download_file(url: str, # the file's address (http, https or file)
                   retries: int = 3, # times a broken transfer is resumed before giving up
                   timeout: float = 60.0, # seconds to wait for the server
                  ) -> Path:
-    "Download `url` to `dest`, resuming a partial `dest`.part with an HTTP Range request, and check its `md5`."
+    "Download `url` to `dest`, resuming a partial `dest`.part when the server still serves the same file; check its `md5`."
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try: dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise _root_error(e, dest.parent) from None
         for attempt in range(retries + 1):
             try: _fetch(url, part, progress, timeout); break
             except _Interrupted as e:
@@ -189,66 +272,291 @@ def download_file(url: str, # the file's address (http, https or file)
                     raise DownloadError(f"{url}: {e}; {part} keeps the {part.stat().st_size:,} bytes received, "
                                         "run again to resume") from None
                 time.sleep(attempt)
-        os.replace(part, dest)
+        try:
+            os.replace(part, dest)
+            _part_record(part).unlink(missing_ok=True)
+        except OSError as e: raise _root_error(e, dest) from None
     if md5 is not None and (got := file_md5(dest)) != md5.lower():
         raise DownloadError(f"{dest}: MD5 {got} does not match the expected {md5.lower()} (downloaded from {url}); "
                             "delete it to download it again, or accept a repacked mirror with checksum=False (--no-checksum)")
     return dest
 
 # %% ../nbs/01b_download.ipynb
+_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
+          tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
+
+
+def _member_parts(m: tarfile.TarInfo, top: str) -> tuple[str, ...] | str:
+    "The path of member `m` below the tar's root as parts (`.` dropped), or what is wrong with it."
+    if m.issym() or m.islnk():
+        return (f"is {_KINDS[m.type]} (to {m.linkname!r}); the official VOC tars hold no links, and a link could lead "
+                "a later member or tar out of ROOT, so a tar with links is refused")
+    if not (m.isfile() or m.isdir()):
+        return f"is {_KINDS.get(m.type, 'a special file')}; the official VOC tars hold only files and folders"
+    name = m.name
+    if name.startswith(("/", "\\")) or PurePosixPath(name).drive or ":" in name.split("/")[0]:
+        return "has an absolute path"
+    if "\\" in name: return "has a backslash in its name"
+    parts = tuple(p for p in PurePosixPath(name).parts if p != ".")
+    if ".." in parts: return "goes up with '..', out of the tree"
+    if not parts:  # `.`, the folder a repack was made from (`tar -C dir -cf x.tar .`)
+        return () if m.isdir() else "is a file named '.'"
+    if parts[0] != top: return f"lies outside {top}/"
+    return parts
+
+
+def _end_of_archive_problem(tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> str | None:
+    "What stands between the last member `tar` read and the end of its file, if anything but the end-of-archive marker."
+    block, offset, f = tarfile.BLOCKSIZE, tar.offset, tar.fileobj
+    where = f"after member {len(members)} ({members[-1].name!r})" if members else "at its start"
+    f.seek(offset)
+    marker = f.read(2 * block)
+    if any(marker[:block]): return f"the header at byte {offset:,} ({where}) is damaged"
+    if len(marker) < 2 * block:
+        return f"it ends at byte {offset + len(marker):,} ({where}) without the end-of-archive marker: it is cut short"
+    if any(marker[block:]): return f"the header at byte {offset + block:,} ({where}) follows an empty one"
+    while chunk := f.read(1 << 20):  # the rest is padding to a full record: zeros only
+        if any(chunk): return f"it holds data after its end-of-archive marker at byte {offset:,} ({where})"
+    return None
+
+
 def check_tar_members(tar: tarfile.TarFile, # an open tar
                       name: str | Path = "", # its file name, for the error message
                       top: str = "VOCdevkit", # the one folder every member must lie in
                      ) -> list[tarfile.TarInfo]:
-    "The members of `tar`, if each is a file, folder or in-tree link under `top`/; else a DownloadError naming the member."
-    members = tar.getmembers()
-    for m in members:
-        bad = lambda problem: DownloadError(f"{name}: member {m.name!r} {problem}; refusing to extract this tar")
-        if m.name.startswith(("/", "\\")) or PurePosixPath(m.name).drive or ":" in m.name.split("/")[0]:
-            raise bad("has an absolute path")
-        parts = [p for p in PurePosixPath(m.name).parts if p != "."]
-        if ".." in parts: raise bad("goes up with '..', out of the tree")
-        if not parts or parts[0] != top: raise bad(f"lies outside {top}/")
-        if m.issym() or m.islnk():
-            if m.linkname.startswith("/"): raise bad(f"links to the absolute path {m.linkname!r}")
-            base = parts[:-1] if m.issym() else []  # a symlink is relative to its folder, a hard link to the tar's root
-            target = os.path.normpath("/".join(base + [m.linkname]))
-            if target.split("/")[0] != top: raise bad(f"links to {m.linkname!r}, outside {top}/")
-        elif not (m.isfile() or m.isdir()): raise bad("is a device, FIFO or other special file")
+    "Every member of `tar`, read to its end-of-archive marker, if each is a file or folder under `top`/; else a DownloadError."
+    members, files, dirs = [], set(), set()
+    try:
+        for m in tar:  # header after header; Python's tarfile stops without an error at a damaged one
+            parts = _member_parts(m, top)
+            if isinstance(parts, str): raise DownloadError(f"{name}: member {m.name!r} {parts}; nothing was extracted")
+            if parts and not m.isdir():
+                if parts in files: raise DownloadError(f"{name}: member {m.name!r} appears twice; nothing was extracted")
+                files.add(parts)
+            dirs.update(parts[:i] for i in range(1, len(parts) + (m.isdir())))
+            members.append(m)
+        problem = _end_of_archive_problem(tar, members)
+    except (tarfile.TarError, EOFError) as e: problem = str(e)
+    if problem: raise DownloadError(f"{name}: not a complete tar file ({problem}); nothing was extracted, "
+                                    "delete it to download it again")
+    if clash := sorted(files & dirs):
+        raise DownloadError(f"{name}: member {'/'.join(clash[0])!r} is a file, and other members lie inside it; "
+                            "nothing was extracted")
+    if not any(_member_parts(m, top) for m in members): raise DownloadError(f"{name}: holds no {top}/ folder")
     return members
 
 
+def _same_content(tar: tarfile.TarFile, m: tarfile.TarInfo, path: Path) -> bool:
+    "Whether the file at `path` holds exactly the bytes of member `m`."
+    with tar.extractfile(m) as theirs, open(path, "rb") as ours:
+        while True:
+            a, b = theirs.read(1 << 20), ours.read(1 << 20)
+            if a != b: return False
+            if not a: return True
+
+
+def _plan(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root: Path, top: str
+         ) -> tuple[list[tarfile.TarInfo], dict[str, str]]:
+    "The members `root` lacks, and what stands in the way (path under `root` -> problem), looked at without following links."
+    device, seen, todo, problems = os.stat(root).st_dev, {}, [], {}
+
+    def look(parts: tuple[str, ...]) -> os.stat_result | None:
+        if parts not in seen:
+            try: seen[parts] = os.lstat(root.joinpath(*parts))
+            except (FileNotFoundError, NotADirectoryError): seen[parts] = None
+        return seen[parts]
+
+    def in_the_way(parts: tuple[str, ...], st: os.stat_result, want_dir: bool) -> str | None:
+        if stat.S_ISLNK(st.st_mode):
+            return f"a symbolic link (to {os.readlink(root.joinpath(*parts))!r}): nothing is written through links"
+        if want_dir and not stat.S_ISDIR(st.st_mode): return "a file where the tar has a folder"
+        if not want_dir and not stat.S_ISREG(st.st_mode): return "a folder or special file where the tar has a file"
+        if want_dir and st.st_dev != device: return "on another file system than ROOT"
+        return None
+
+    for m in members:
+        parts = _member_parts(m, top)
+        if not parts: continue
+        for i in range(1, len(parts) + 1):
+            st, last = look(parts[:i]), i == len(parts)
+            if st is None:
+                todo.append(m)
+                break
+            if problem := in_the_way(parts[:i], st, want_dir=m.isdir() or not last):
+                problems.setdefault("/".join(parts[:i]), problem)
+                break
+            if last and m.isfile() and not _same_content(tar, m, root.joinpath(*parts)):
+                problems["/".join(parts)] = "differs from the tar's"
+    return todo, problems
+
+
+def _conflict(root: Path, tar_path: Path, problems: dict[str, str], shown: int = 8) -> RootConflict:
+    "The one-line refusal listing what in `root` the tar would replace or write through."
+    items = [f"{path} ({problem})" for path, problem in problems.items()]
+    more = f", and {len(items) - shown} more" if len(items) > shown else ""
+    n = f"{len(items)} path{'s' * (len(items) != 1)}"
+    return RootConflict(f"{root}: {n} of yours would be replaced or written through by {tar_path.name}: "
+                        f"{', '.join(items[:shown])}{more}; nothing was extracted. Download into another folder "
+                        "(another ROOT), or move these away first")
+
+
+def _write_members(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path, top: str) -> None:
+    "Write `members` into the fresh folder `dest`: folders and plain files only, owner and mode bits not taken from the tar."
+    for m in members:
+        path = dest.joinpath(*_member_parts(m, top))
+        if m.isdir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(m) as src, open(path, "xb") as out: shutil.copyfileobj(src, out, 1 << 20)
+        with contextlib.suppress(OSError, OverflowError, ValueError): os.utime(path, (m.mtime, m.mtime))
+
+
 def _merge(src: Path, dst: Path) -> None:
-    "Move the tree `src` into `dst`: whole folders where `dst` has none, file by file where both have one."
-    if src.is_dir() and dst.is_dir():
-        for child in src.iterdir(): _merge(child, dst / child.name)
-    else: os.replace(src, dst)
+    "Move the tree `src` into `dst` without following links: whole folders where `dst` has none, else entry by entry."
+    try: st = os.lstat(dst)
+    except FileNotFoundError:
+        try: os.rename(src, dst)
+        except OSError as e: raise _root_error(OSError(e.errno, e.strerror), dst) from None  # name where it goes
+        return
+    if not (stat.S_ISDIR(st.st_mode) and src.is_dir()):  # planned as missing: something else wrote there meanwhile
+        raise RootConflict(f"{dst}: appeared while the tar was extracted; nothing of it was replaced, run again")
+    for child in sorted(src.iterdir()): _merge(child, dst / child.name)
+
+
+class _Stopped(BaseException):
+    "Raised by SIGTERM or SIGHUP inside `_stop_on_signals`, so that `finally` blocks remove what is temporary."
+
+
+def _on_stop_signal(signum: int, frame) -> None:
+    for s in _STOP_SIGNALS: signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+    raise _Stopped(signum)
+
+
+_STOP_SIGNALS = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    "Inside: SIGTERM and SIGHUP unwind the stack like Ctrl-C (temporary folders are removed), then act as they would have."
+    if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread gets signals
+    old = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    if _on_stop_signal in old.values(): yield; return  # already inside
+    mine = [s for s, h in old.items() if h is signal.SIG_DFL or callable(h)]  # an ignored signal stays ignored (nohup)
+    for s in mine: signal.signal(s, _on_stop_signal)
+    stopped = None
+    try: yield
+    except _Stopped as e: stopped = e.args[0]
+    finally:
+        for s in mine: signal.signal(s, old[s])
+    if stopped is not None:
+        print(f"stopped by {signal.Signals(stopped).name}: the temporary files are removed; run again to go on",
+              file=sys.stderr)
+        signal.raise_signal(stopped)  # end as the signal would have ended the process ...
+        raise SystemExit(128 + stopped)  # ... or, where a handler of the caller's let it live, stop here
+
+
+@contextlib.contextmanager
+def _temporary_folder(root: Path, tar_path: Path) -> Iterator[Path]:
+    "A fresh folder `root`/.NAME.XXXXXXXX, removed on leaving (SIGTERM and SIGHUP included: see `download_voc`)."
+    try: tmp = Path(tempfile.mkdtemp(prefix=f".{tar_path.name}.", dir=root))
+    except OSError as e: raise _root_error(e, root) from None
+    try: yield tmp
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 
 def extract_tar(tar_path: str | Path, # the tar file
                 root: str | Path, # the folder to extract into: its `top` folder is created or merged into
                 top: str = "VOCdevkit", # the one folder the tar holds
                ) -> Path:
-    "Extract `tar_path` into `root`/`top` all or nothing, through a temporary folder next to it; returns `root`/`top`."
+    "Extract `tar_path` into `root`/`top` all or nothing, replacing nothing, through a temporary folder; returns `root`/`top`."
     tar_path, root = Path(tar_path), Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tar_path.name}.", dir=root))
-    try:
-        try:
-            with tarfile.open(tar_path) as tar:
-                members = check_tar_members(tar, tar_path, top)
-                kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(tmp, members, **kw)
+    try: root.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise _root_error(e, root) from None
+    with _stop_on_signals(), contextlib.ExitStack() as stack:
+        try: tar = stack.enter_context(tarfile.open(tar_path))
         except (tarfile.TarError, EOFError) as e:
-            raise DownloadError(f"{tar_path}: not a complete tar file ({e}); delete it to download it again") from None
-        except OSError as e: raise DownloadError(f"{tar_path}: extraction failed ({e})") from None
-        if not (tmp / top).is_dir(): raise DownloadError(f"{tar_path}: holds no {top}/ folder")
-        _merge(tmp / top, root / top)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+            raise DownloadError(f"{tar_path}: not a tar file ({e}); delete it to download it again") from None
+        members = check_tar_members(tar, tar_path, top)
+        todo, problems = _plan(tar, members, root, top)
+        if problems: raise _conflict(root, tar_path, problems)
+        if not todo: return root / top  # every file is there already, the same: nothing to do
+        tmp = stack.enter_context(_temporary_folder(root, tar_path))
+        try:
+            _write_members(tar, todo, tmp, top)
+            _merge(tmp / top, root / top)
+        except (tarfile.TarError, EOFError) as e: raise DownloadError(f"{tar_path}: unreadable member ({e})") from None
+        except RootError: raise
+        except OSError as e: raise _root_error(e, root) from None
     return root / top
 
 # %% ../nbs/01b_download.ipynb
 def _done_marker(root: Path, f: VocFile) -> Path: return root / "VOCdevkit" / f"VOC{f.year}" / f".{f.name}.done"
+
+
+LOCK_NAME = ".yolo-voc-download.lock"
+
+
+@contextlib.contextmanager
+def lock_root(root: str | Path, # the download folder
+             ) -> Iterator[Path]:
+    "Hold `root`'s lock file while inside; a second holder gets a RootError naming the lock and the process that has it."
+    path = Path(root) / LOCK_NAME
+    if fcntl is None: yield path; return  # no flock on this platform: no lock
+    while True:
+        try: fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e: raise _root_error(e, root) from None
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel drops it when its process dies: never stale
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RootError(f"{root}: another yolo-voc download (process {pid}) is working in this folder, it holds "
+                            f"{path}; wait for it to finish or stop it, then run again") from None
+        try: same = os.stat(path).st_ino == os.fstat(fd).st_ino  # not a file its last holder removed meanwhile
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError): path.unlink()  # before unlocking: a waiting run then makes a new one
+        os.close(fd)
+
+
+def _remove_leftovers(root: Path, say) -> None:
+    "Remove the temporary folders (`root`/.NAME.XXXXXXXX, NAME an official tar) that a killed run left behind."
+    names = {f".{f.name}." for year_files in VOC_FILES.values() for f in year_files}
+    for p in root.iterdir():
+        prefix = p.name[:-8]
+        if prefix in names and len(p.name) == len(prefix) + 8 and stat.S_ISDIR(os.lstat(p).st_mode):
+            shutil.rmtree(p)
+            say(f"{p}: removed, a temporary folder left by a run that was stopped")
+
+
+def _refuse_link_or_device(root: Path, top: str = "VOCdevkit") -> None:
+    "Refuse `root`/`top` as a link or on another file system at once, before hours of downloading."
+    path = root / top
+    try: st = os.lstat(path)
+    except FileNotFoundError: return
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(path))
+        raise RootConflict(f"{path}: is a symbolic link (to {os.readlink(path)}); nothing is written through links, "
+                           f"as a tar could use one to write outside ROOT: give the folder that holds the real "
+                           f"{top} as ROOT (here {target.parent}), or remove the link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise RootConflict(f"{path}: is a file of yours where the tars have a folder; give another ROOT, or move it away")
+    if st.st_dev != os.stat(root).st_dev:
+        raise RootError(f"{path}: is on another file system than {root}; " + _WRITE_HINTS[errno.EXDEV])
+
+
+def _write_marker(path: Path, text: str) -> None:
+    "Write a done marker in a real folder of ours, never through a link."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path.parent).st_mode): raise RootConflict(f"{path.parent}: is not a folder")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w") as f: f.write(text)
 
 
 def download_voc(root: str | Path, # the folder to download into: tars go there, the data to `root`/VOCdevkit
@@ -265,11 +573,18 @@ def download_voc(root: str | Path, # the folder to download into: tars go there,
     for f, url in files:
         if _done_marker(root, f).exists(): say(f"{f.name}: already extracted in {root / 'VOCdevkit'}, skipped")
         else: todo.append((f, url))
-    tars = [download_file(url, root / f.name, f.md5 if checksum else None, progress) for f, url in todo]
-    for (f, url), tar in zip(todo, tars):  # every file is here and checked: extract
-        say(f"{f.name}: extracting into {root / 'VOCdevkit'}")
-        extract_tar(tar, root)
-        marker = _done_marker(root, f)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{url}\n")
+    if not todo: return root / "VOCdevkit"  # nothing to write: a finished ROOT may even be read-only
+    try: root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError: raise RootError(f"{root}: is a file, not a folder; give a folder to download into") from None
+    except OSError as e: raise _root_error(e, root) from None
+    _refuse_link_or_device(root)
+    with _stop_on_signals(), lock_root(root):
+        try: _remove_leftovers(root, say)
+        except OSError as e: raise _root_error(e, root) from None
+        tars = [download_file(url, root / f.name, f.md5 if checksum else None, progress) for f, url in todo]
+        for (f, url), tar in zip(todo, tars):  # every file is here and checked: extract
+            say(f"{f.name}: extracting into {root / 'VOCdevkit'}")
+            extract_tar(tar, root)
+            try: _write_marker(_done_marker(root, f), f"{url}\n")
+            except OSError as e: raise _root_error(e, _done_marker(root, f)) from None
     return root / "VOCdevkit"

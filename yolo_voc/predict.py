@@ -19,13 +19,13 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .boxes import ANCHORS, STRIDES, Letterbox, letterbox_params, postprocess, unletterbox_boxes
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint
 from .plots import draw_boxes
-from .transforms import PAD_VALUE, eval_transforms
-from .voc import IMAGE_EXTS, Annotation, voc_to_yolo_text
+from .transforms import PAD_VALUE, eval_transforms, orient
+from .voc import IMAGE_EXTS, Annotation, exif_orientation, voc_to_yolo_text
 
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'ImageReadError', 'is_video', 'list_images', 'to_uint8', 'load_image',
@@ -94,9 +94,11 @@ def _check_file(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode): raise ImageReadError(f"{path}: not a regular file (a FIFO, socket or device)")
 
 def load_image(source) -> np.ndarray:
-    "Read a PIL image, numpy array (HWC RGB uint8, or HW grey) or image file as an RGB uint8 array `[H, W, 3]`."
+    "Read a PIL image, numpy array (HWC RGB uint8, or HW grey) or image file as an RGB uint8 array `[H, W, 3]`, upright."
     if isinstance(source, Image.Image):
-        return _rgb(np.asarray(source)) if source.mode in ("I", "F") or source.mode.startswith("I;16") else np.asarray(source.convert("RGB"))
+        orientation = exif_orientation(source) if source.format else 1  # as opened from a file: read as the file is
+        a = _rgb(np.asarray(source)) if source.mode in ("I", "F") or source.mode.startswith("I;16") else np.asarray(source.convert("RGB"))
+        return orient(a, orientation)
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8:
             raise ImageReadError(f"array: expected dtype uint8, got {source.dtype} (to_uint8 scales 16-bit and float images)")
@@ -108,10 +110,10 @@ def load_image(source) -> np.ndarray:
     _check_file(path)
     if is_video(path): raise ImageReadError(f"{path}: is a video, not an image (`yolo-voc predict` reads videos)")
     try:
-        with Image.open(path) as im:
-            return load_image(ImageOps.exif_transpose(im))
+        with Image.open(path) as im: return load_image(im)
     except UnidentifiedImageError as e:  # Pillow has no decoder for multi-channel 32-bit and float TIFFs; OpenCV has
-        a = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # applies the EXIF orientation too
+        # Pillow can't read the header, so there is no orientation to apply: the stored pixels, as `read_image` reads them
+        a = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if a is None or a.size == 0: raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
         return _rgb(a, bgr=True)
     except Exception as e:  # Pillow raises several types: OSError (truncated), ValueError, DecompressionBombError, ...

@@ -11,6 +11,8 @@ import math
 import os
 import sys
 import time
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from .boxes import ANCHORS, STRIDES, VOC_CLASSES, postprocess, unletterbox_boxes
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write, check_checkpoint_fits, check_resumable
 from .checkpoint import file_kind, load_checkpoint_file, migrate_checkpoint, read_checkpoint
-from .data import VOCDataModule, encode_targets, images_to_float
+from .data import VOCDataModule, encode_targets, gather_from_ranks, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, make_scheduler, suggest_lr
 from .metrics import MeanAveragePrecision, YoloAccuracy
@@ -36,8 +38,8 @@ from .model import YOLOv3
 __all__ = ['LOSS_DEFAULTS', 'GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'SUMMARY_KEYS', 'TrainingError', 'param_groups', 'update_mean_ap',
            'load_pretrained', 'YoloModule', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles',
            'DeviceInfo', 'detect_device', 'default_precision', 'default_batch_size', 'run_defaults', 'defaults_table',
-           'EpochTimeEstimate', 'format_duration', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'plan_run',
-           'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
+           'EpochTimeEstimate', 'format_duration', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'inherited_plan',
+           'plan_run', 'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
            'run_callbacks', 'quiet_lightning_tips', 'make_trainer', 'requested_data_root', 'YoloCLI', 'fit_plain',
            'evaluate']
 
@@ -518,6 +520,15 @@ def latest_run_dir(project: str | Path) -> Path | None:
 def _run_of(ckpt: Path) -> Path | None:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
 
+def inherited_plan() -> RunPlan | None:
+    "The plan of the process that started this one as a DDP rank (Lightning starts ranks 1... from rank 0); else None."
+    try: saved = json.loads(os.environ.get("YOLO_VOC_RUN_PLAN") or "{}")
+    except ValueError: return None
+    # a plan that another process left in the environment (an earlier run in a notebook, a shell that exported it) is
+    # not this run's: torchrun and srun start every process alone, and each plans from the same files
+    if not isinstance(saved, dict) or saved.pop("parent", None) != os.getppid(): return None
+    return RunPlan(**saved) if int(os.environ.get("LOCAL_RANK") or 0) > 0 else None
+
 def plan_run(command: str, project: str | Path = "runs/yolo_voc", name: str | None = None,
              root_dir: str | None = None, ckpt_path: str | None = None) -> RunPlan:
     "Decide the run folder and the checkpoint of `command` (fit, validate, test, lr-find); see above."
@@ -581,16 +592,41 @@ class MaxLRFinder(LearningRateFinder):
 
 # %% ../nbs/08_train.ipynb
 class SharedDecisions(Callback):
-    "Under DDP: refuse to go on unless every rank holds rank 0's run folder and checkpoint (decided once, before launch)."
-    def __init__(self, plan: RunPlan): self.plan = plan
+    "Under DDP: unless every rank holds rank 0's run folder and checkpoint and sees rank 0's files there, all stop together."
+    def __init__(self, plan: RunPlan,
+                 wait_s: float = 60.0): # how long a rank looks for rank 0's file (a network file system may show it late)
+        self.plan, self.wait_s = plan, wait_s
+
+    @staticmethod
+    def _sees(path: Path, wait_s: float) -> bool:
+        deadline = time.monotonic() + wait_s
+        while not path.is_file():
+            if time.monotonic() >= deadline: return False
+            time.sleep(0.5)
+        return True
 
     def setup(self, trainer, pl_module, stage):
         if trainer.world_size == 1: return
-        mine = (self.plan.run_dir, self.plan.ckpt_path)
-        theirs = tuple(trainer.strategy.broadcast(mine))
-        if theirs != mine:
-            raise TrainingError(f"rank {trainer.global_rank} planned to use {mine} but rank 0 uses {theirs}: start every "
-                                "process with the same --trainer.default_root_dir and --ckpt_path")
+        run_dir, ckpt = Path(self.plan.run_dir), self.plan.ckpt_path
+        # rank 0 leaves a file in its run folder; a rank that can't see it writes elsewhere (another folder, no shared storage)
+        token, where = trainer.strategy.broadcast((f".rank0-{uuid.uuid4().hex}", str(run_dir.resolve())) if trainer.is_global_zero
+                                                  else None)
+        if trainer.is_global_zero: run_dir.mkdir(parents=True, exist_ok=True); (run_dir / token).touch()
+        try:
+            trainer.strategy.barrier("yolo_voc_run_folder")
+            # the same absolute path: wait out a network file system's cache; another path: one look is enough
+            sees = self._sees(run_dir / token, self.wait_s if str(run_dir.resolve()) == where else 0)
+            seen = gather_from_ranks(trainer, (self.plan.run_dir, ckpt, sees, os.getcwd()))
+        finally:
+            if trainer.is_global_zero: (run_dir / token).unlink(missing_ok=True)
+        resume = lambda c: f"resuming {c}" if c else "a new run"
+        odd = [f"rank {r} planned {d} ({resume(c)})" if (d, c) != seen[0][:2] else f"rank {r} (in {cwd}) does not see rank 0's files in {d}"
+               for r, (d, c, s, cwd) in enumerate(seen) if (d, c) != seen[0][:2] or not s]
+        if odd:
+            raise TrainingError(f"the {len(seen)} processes do not agree on the run: rank 0 (in {seen[0][3]}) trains in "
+                                f"{seen[0][0]} ({resume(seen[0][1])}) but " + "; ".join(odd) + ". Start every node with the same command "
+                                "in the same folder, with the project folder (--project) on storage that every node shares")
+        print(f"[rank {trainer.global_rank}] run folder {run_dir}, {resume(ckpt)}", flush=True)
 
 #: The metrics `summary.json` and the terminal table report, from the last validation.
 SUMMARY_KEYS = ("map50", "map", "class_accuracy", "noobj_accuracy", "obj_accuracy")
@@ -674,13 +710,20 @@ def run_callbacks(run_dir: str | Path) -> list[Callback]:
     return [last, best, RunFiles(run_dir), RunReport(run_dir)]
 
 class _DropTips(logging.Filter):
-    def filter(self, record): return "litlogger" not in record.getMessage().lower()
+    def filter(self, record):
+        text = record.getMessage()
+        return "litlogger" not in text.lower() and not text.startswith("`weights_only` was not set")
 
 def quiet_lightning_tips() -> None:
-    "Drop Lightning's advertisement for its cloud logger (printed on every run); every other message stays."
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in lg.filters): lg.addFilter(_DropTips())
+    "Drop what Lightning prints on every run that tells a user nothing; every other message and warning stays."
+    # a logger's filter sees only the records of that logger, not those of its children: name each one that prints them
+    for package in ("pytorch_lightning", "lightning.pytorch"):
+        for name in ("", ".utilities.rank_zero", ".trainer.connectors.checkpoint_connector"):
+            lg = logging.getLogger(package + name)
+            if not any(isinstance(f, _DropTips) for f in lg.filters): lg.addFilter(_DropTips())
+    # Lightning's own use of an API that PyTorch deprecated: nothing a user can change (only that module's warning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+                            module=r"(pytorch_lightning|lightning\.pytorch)\.utilities\._pytree")
 
 def make_trainer(run_dir: str | Path, callbacks: list | None = None, loggers: list | None = None,
                  **trainer_kwargs) -> pl.Trainer:
@@ -747,11 +790,12 @@ class YoloCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         cfg = self.section(self.config)
-        shared = os.environ.get("YOLO_VOC_RUN_PLAN") if int(os.environ.get("LOCAL_RANK") or 0) > 0 else None
-        self.plan = (RunPlan(**json.loads(shared)) if shared else
-                     plan_run(self.command, cfg["project"], cfg["name"], cfg["trainer.default_root_dir"], cfg.get("ckpt_path")))
-        if self.plan.note and not shared: print(f"yolo-voc {self.command}: {self.plan.note}", file=sys.stderr)
-        os.environ["YOLO_VOC_RUN_PLAN"] = json.dumps(self.plan.__dict__)  # what DDP ranks started by Lightning inherit
+        inherited = inherited_plan()
+        self.plan = inherited or plan_run(self.command, cfg["project"], cfg["name"], cfg["trainer.default_root_dir"],
+                                          cfg.get("ckpt_path"))
+        if self.plan.note and not inherited: print(f"yolo-voc {self.command}: {self.plan.note}", file=sys.stderr)
+        # what the DDP processes that Lightning starts from this one inherit (torchrun and srun start each process alone)
+        os.environ["YOLO_VOC_RUN_PLAN"] = json.dumps(dict(self.plan.__dict__, parent=os.getpid()))
         cfg["trainer.default_root_dir"] = self.plan.run_dir
         if "ckpt_path" in cfg: cfg["ckpt_path"] = self.plan.ckpt_path
         if self.plan.ckpt_path:

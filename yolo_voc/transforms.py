@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .boxes import letterbox_params
-from .voc import DatasetError
+from .voc import DatasetError, exif_orientation
 
 # %% auto 0
-__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'read_image', 'decode_factor', 'LetterboxResize', 'HSVJitter', 'FastAffine',
+__all__ = ['PAD_VALUE', 'MULTISCALE_SIZES', 'orient', 'read_image', 'decode_factor', 'LetterboxResize', 'HSVJitter', 'FastAffine',
            'LumaCLAHE', 'bbox_params', 'eval_transforms', 'ScaleCrop', 'TrainAugment', 'train_transforms',
            'seed_transforms', 'filter_boxes', 'read_checked', 'mosaic', 'multiscale_size', 'resize_batch']
 
@@ -29,12 +29,27 @@ PAD_VALUE: int = 114  # grey used for every padding (letterbox, crop, affine bor
 
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                   8: cv2.IMREAD_REDUCED_COLOR_8}
+_ORIENT = {2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180), 4: lambda a: cv2.flip(a, 0),
+           5: cv2.transpose, 6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+           7: lambda a: cv2.flip(cv2.transpose(a), -1), 8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE)}
 
-def read_image(path: str | Path, reduce: int = 1, rgb: bool = True) -> np.ndarray:
-    "Decode an image file to RGB (or, `rgb=False`, BGR) `uint8` `[H, W, 3]`, optionally `reduce`d 2, 4 or 8 times by the JPEG decoder."
-    img = cv2.imread(str(path), _REDUCED_FLAGS[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
+def orient(image: np.ndarray, # the stored pixels `[H, W]` or `[H, W, C]`
+           orientation: int, # the EXIF orientation 1..8 (`voc.exif_orientation`)
+          ) -> np.ndarray:
+    "`image` turned upright as its EXIF `orientation` says, as photo viewers show it (1: `image` itself)."
+    turn = _ORIENT.get(orientation)
+    return image if turn is None else turn(image)
+
+def read_image(path: str | Path, # the image file
+               reduce: int = 1, # 1, 2, 4 or 8: let the JPEG decoder reduce the image that many times
+               rgb: bool = True, # RGB, or (False) OpenCV's BGR
+               orientation: int | None = None, # the EXIF orientation when known; None: read it from the file
+              ) -> np.ndarray:
+    "Decode an image file upright (EXIF orientation applied) to `uint8` `[H, W, 3]`, RGB or BGR."
+    img = cv2.imread(str(path), _REDUCED_FLAGS[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)  # the stored pixels
     if img is None:
         raise DatasetError(f"{path}: cannot be read as an image (missing, empty or corrupt file)")
+    img = orient(img, exif_orientation(path) if orientation is None else orientation)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
 
 def decode_factor(scale: float, tolerance: float = 1.1) -> int:
@@ -227,7 +242,7 @@ def filter_boxes(boxes: np.ndarray, clipped: np.ndarray, min_visibility: float =
 
 def read_checked(src, reduce: int = 1, rgb: bool = True) -> np.ndarray:
     "Decode the image of an `Annotation`-like `src` (see `read_image`), checking its size against the record."
-    img = read_image(src.image_path, reduce, rgb)
+    img = read_image(src.image_path, reduce, rgb, getattr(src, "orientation", None))
     want = (-(-src.height // reduce), -(-src.width // reduce))
     if img.shape[:2] != want:
         raise DatasetError(f"{src.image_path}: image is {img.shape[1] * reduce}x{img.shape[0] * reduce} "

@@ -17,7 +17,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,9 +25,10 @@ from PIL import Image
 from .boxes import VOC_CLASSES
 
 # %% auto 0
-__all__ = ['PIXEL_TOL', 'NORM_TOL', 'MAX_SIDE', 'SPLIT_NAMES', 'CACHE_VERSION', 'IMAGE_EXTS', 'CLASSES_FILE', 'Problem',
-           'DatasetError', 'Annotation', 'RawObject', 'RawAnnotation', 'parse_voc_xml', 'parse_yolo_labels',
-           'check_image', 'DatasetLayout', 'find_dataset', 'parse_split', 'cache_file', 'dataset_class_names',
+__all__ = ['PIXEL_TOL', 'NORM_TOL', 'MAX_SIDE', 'EXIF_ORIENTATION', 'SPLIT_NAMES', 'CACHE_VERSION', 'IMAGE_EXTS', 'CLASSES_FILE',
+           'Problem', 'DatasetError', 'Annotation', 'RawObject', 'RawAnnotation', 'parse_voc_xml', 'parse_yolo_labels',
+           'exif_orientation', 'ImageCheck', 'check_image', 'DatasetLayout', 'find_dataset', 'parse_split',
+           'cache_file', 'class_list_problems', 'read_classes_file', 'class_names_rule', 'dataset_class_names',
            'CheckReport', 'check_dataset', 'load_annotations', 'voc_to_yolo_text']
 
 # %% ../nbs/01_voc.ipynb
@@ -58,7 +59,7 @@ def _error(where, problems: Sequence[Problem]) -> DatasetError:
 # %% ../nbs/01_voc.ipynb
 @dataclass
 class Annotation:
-    "One image and its objects: pixel xyxy `boxes` [n, 4], class `labels` [n], `difficult` and `truncated` flags [n]."
+    "One image and its objects: pixel xyxy `boxes` [n, 4] of the upright image, class `labels` [n], `difficult` and `truncated` flags [n]."
     image_id: str
     image_path: Path
     width: int
@@ -67,6 +68,7 @@ class Annotation:
     labels: np.ndarray     # [n] int64
     difficult: np.ndarray  # [n] bool
     truncated: np.ndarray  # [n] bool
+    orientation: int | None = None  # EXIF orientation 1..8 of the image file; None: read it from the file when decoding
 
     def __post_init__(self):
         self.image_path = Path(self.image_path)
@@ -174,6 +176,11 @@ def _raw_voc_xml(data: bytes | str) -> RawAnnotation:
 def _class_index(class_names: Sequence[str]) -> dict:
     return {n: i for i, n in enumerate(class_names)}
 
+def _case_hint(name: str, classes: dict) -> str:
+    "For an unknown class `name`: the class it matches when case is ignored, as a hint ('' when none)."
+    alike = [n for n in classes if n.casefold() == name.casefold()]
+    return f" (the class list has {alike[0]!r}: names are case-sensitive)" if alike else ""
+
 def _voc_boxes(objects: Sequence[RawObject], width: int, height: int, classes: dict, tol: float = PIXEL_TOL):
     "Check raw VOC objects against `classes` and the image size: (boxes [n,4] px xyxy, labels, difficult, truncated, problems)."
     boxes, labels, difficult, truncated, problems = [], [], [], [], []
@@ -182,7 +189,7 @@ def _voc_boxes(objects: Sequence[RawObject], width: int, height: int, classes: d
         number, name, (xmin, ymin, xmax, ymax) = o.number, o.name, o.box
         corners = f"xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g}"
         c = classes.get(name)
-        if c is None: problems.append(f"box {number}: unknown class {name!r}"); continue
+        if c is None: problems.append(f"box {number}: unknown class {name!r}{_case_hint(name, classes)}"); continue
         if xmax < xmin or ymax < ymin:
             axis = "xmax < xmin" if xmax < xmin else "ymax < ymin"
             problems.append(f"box {number} ({name}) has {axis} ({corners})"); continue
@@ -267,25 +274,51 @@ def parse_yolo_labels(data: bytes | str, width: int, height: int, file: str = "l
     return boxes, labels
 
 # %% ../nbs/01_voc.ipynb
-def check_image(path: str | Path) -> tuple[int, int, str | None]:
-    "Check that `path` is a whole, readable image, from its header and last bytes: (width, height, problem or None)."
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how to turn the stored pixels upright
+_TURNS = {5: "mirrored and turned 90° counter-clockwise", 6: "turned 90° clockwise",
+          7: "mirrored and turned 90° clockwise", 8: "turned 90° counter-clockwise"}  # the tags that swap the sides
+
+def exif_orientation(image: Image.Image | str | Path, # an image opened by PIL (not yet decoded), or an image file
+                    ) -> int:
+    "The EXIF orientation 1..8 of `image`, read from its header; 1 when it has none (or it can't be read)."
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image) as im: return exif_orientation(im)
+        except Exception: return 1
+    if image.format == "PNG" and "exif" not in image.info: return 1  # an eXIf chunk after the pixels: only decoding finds it
+    try: value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception: return 1  # a damaged EXIF block: the pixels are shown as stored
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+# %% ../nbs/01_voc.ipynb
+class ImageCheck(NamedTuple):
+    "What `check_image` found: `width` and `height` as shown (EXIF orientation applied), a `problem` or None, the `orientation`."
+    width: int
+    height: int
+    problem: str | None
+    orientation: int = 1
+
+def check_image(path: str | Path) -> ImageCheck:
+    "Check that `path` is a whole, readable image, from its header and last bytes; its size is the upright image's."
+    orientation = 1
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            if size == 0: return 0, 0, "empty file, not an image"
+            if size == 0: return ImageCheck(0, 0, "empty file, not an image")
             f.seek(max(0, size - 64)); tail = f.read(); f.seek(0)
             try:
-                with Image.open(f) as im: (w, h), fmt = im.size, im.format
-            except Exception: return 0, 0, "not an image (unrecognised format)"
+                with Image.open(f) as im: (w, h), fmt, orientation = im.size, im.format, exif_orientation(im)
+            except Exception: return ImageCheck(0, 0, "not an image (unrecognised format)")
+            if orientation in _TURNS: w, h = h, w
             if (fmt == "JPEG" and b"\xff\xd9" not in tail) or (fmt == "PNG" and b"IEND" not in tail):
                 f.seek(0)
                 try:
                     with Image.open(f) as im: im.load()
-                except Exception as e: return w, h, f"truncated or corrupt {fmt} ({e})"
-    except FileNotFoundError: return 0, 0, "missing image"
-    except (OSError, ValueError) as e: return 0, 0, f"unreadable image ({getattr(e, 'strerror', None) or e})"
-    return w, h, None
+                except Exception as e: return ImageCheck(w, h, f"truncated or corrupt {fmt} ({e})", orientation)
+    except FileNotFoundError: return ImageCheck(0, 0, "missing image")
+    except (OSError, ValueError) as e: return ImageCheck(0, 0, f"unreadable image ({getattr(e, 'strerror', None) or e})")
+    return ImageCheck(w, h, None, orientation)
 
 # %% ../nbs/01_voc.ipynb
 _EXPECTED = ("expected a Pascal VOC dataset: either a VOCdevkit (ROOT/VOCdevkit/VOC2007/ with Annotations/*.xml, "
@@ -358,7 +391,7 @@ def parse_split(split: str | Sequence[str] | None) -> list[tuple[str | None, str
     return list(dict.fromkeys(out))
 
 # %% ../nbs/01_voc.ipynb
-CACHE_VERSION = 2  # 2: plain-named entries, images always JPEGImages/<id>.jpg
+CACHE_VERSION = 3  # 2: plain-named entries, images always JPEGImages/<id>.jpg; 3: image sizes as shown, and the EXIF orientation
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 def cache_file(layout: DatasetLayout, cache: bool | str | Path = True) -> Path | None:
@@ -551,6 +584,32 @@ def _image_name(filename: str) -> str:
     "The last part of a `<filename>`, whichever slash it uses."
     return filename.replace("\\", "/").rsplit("/", 1)[-1]
 
+def _size_problem(width: int, height: int, image_file: str, image: ImageCheck) -> str:
+    "The problem of a `<size>` that differs from the `image` as shown; when only the sides are swapped, why and what to do."
+    said = f"<size> {width}x{height} differs from the image {image_file} ({image.width}x{image.height})"
+    if (width, height) != (image.height, image.width): return said
+    if image.orientation in _TURNS:
+        return (f"{said}, which is read upright by its EXIF orientation {image.orientation} (stored {width}x{height}, "
+                f"shown {_TURNS[image.orientation]}): the annotation was made on the stored pixels, by a tool that ignores "
+                f"the tag. Re-annotate the image as photo viewers show it, or, if the boxes fit the stored pixels, "
+                f"remove the tag: exiftool -Orientation= -overwrite_original {image_file}")
+    return f"{said}, only by swapped sides: was the image turned after it was annotated? Re-annotate it, or turn it back"
+
+def _case_clashes(class_names: Sequence[str]) -> list[list[str]]:
+    "Groups of the `class_names` that differ only in case."
+    groups = {}
+    for n in class_names: groups.setdefault(n.casefold(), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+def _clash_problem(spellings: Sequence[str], users: dict) -> Problem | None:
+    "The problem of class names that differ only in case, naming each spelling and the files that use it (`users`: name -> files)."
+    used = sorted((s for s in spellings if users[s]), key=lambda s: (len(users[s]), s))
+    if len(used) < 2: return None
+    def where(s):
+        files = sorted(users[s])
+        return f"{s!r} in {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return Problem(min(users[used[0]]), f"class names that differ only in case: {'; '.join(map(where, used))}; use one spelling")
+
 @dataclass
 class _Indexed:
     "Records of a split checked against a class list, with every problem and warning, and the number of cache hits."
@@ -564,13 +623,16 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
     scan = _scan(layout, split, years, cache)
     problems, warnings_, records = scan.problems, scan.warnings, []
     classes = _class_index(class_names)
+    clashes = _case_clashes(class_names)
+    users = {n: [] for g in clashes for n in g}  # class name -> the files using it, for names that differ only in case
     if layout.kind == "voc":
         prefixes = {y: d.relative_to(layout.base).as_posix() + "/JPEGImages/" for y, d in layout.years.items()}
         for year, image_id, split_file, xml_file, entry in scan.items:
             raw = _annotation_of(entry)
             if raw is None: problems.append(Problem(split_file, f"names {image_id!r} but {xml_file} does not exist")); continue
             image_file = prefixes[year] + image_id + ".jpg"
-            image_w, image_h, image_problem = entry["image"]
+            image = ImageCheck(*entry["image"])
+            image_w, image_h, image_problem = image.width, image.height, image.problem
             if raw.error: problems.append(Problem(xml_file, raw.error))
             if image_problem:
                 problems.append(Problem(image_file, image_problem + (f" for {xml_file}" if image_problem == "missing image" else "")))
@@ -578,45 +640,78 @@ def _index(layout: DatasetLayout, split, class_names: Sequence[str], years=None,
                 warnings_.append(Problem(xml_file, f"<filename> is {raw.filename!r}, not '{image_id}.jpg'; "
                                                    f"the image read is {image_file}, as the VOC devkit pairs them"))
             if raw.error: continue
+            for name in dict.fromkeys(o.name for o in raw.objects if o.name in users): users[name].append(xml_file)
             found = list(raw.problems)
             w, h = (raw.width, raw.height) if raw.width and raw.height else (image_w, image_h)
             if raw.n_objects == 0: found.append("no objects")
             size_differs = bool(raw.width and image_w and (raw.width, raw.height) != (image_w, image_h))
             if size_differs:
-                found.append(f"<size> {raw.width}x{raw.height} differs from the image {image_file} ({image_w}x{image_h})")
-                w, h = image_w, image_h  # check the boxes against the real image
+                found.append(_size_problem(raw.width, raw.height, image_file, image))
+                # the boxes are checked against the image as shown; an annotation made on the stored pixels of a turned
+                # photo, against those (its boxes fit them, and one problem says what happened)
+                if (raw.width, raw.height) != (image_h, image_w) or image.orientation not in _TURNS: w, h = image_w, image_h
             if not (w and h): found.append("has no usable <size> and the image size is unknown")
             boxes, labels, difficult, truncated, box_problems = (_voc_boxes(raw.objects, w, h, classes) if w and h
                                                                  else ((), (), (), (), []))
             problems.extend(Problem(xml_file, p) for p in found + box_problems)
             if image_problem or size_differs or not len(labels): continue
-            records.append(Annotation(image_id, layout.base / image_file, w, h, boxes, labels, difficult, truncated))
+            records.append(Annotation(image_id, layout.base / image_file, w, h, boxes, labels, difficult, truncated,
+                                      image.orientation))
     else:
         for image_file, label_file, csv_file, row, entry in scan.items:
-            image_w, image_h, image_problem = entry["image"]
-            if image_problem:
-                problems.append(Problem(image_file, image_problem + (f" (named in {csv_file} row {row})" if image_problem == "missing image" else "")))
+            image = ImageCheck(*entry["image"])
+            if image.problem:
+                problems.append(Problem(image_file, image.problem + (f" (named in {csv_file} row {row})" if image.problem == "missing image" else "")))
             if entry["text"] is None:
                 problems.append(Problem(label_file, entry["error"] or f"missing label file (named in {csv_file} row {row})")); continue
-            if image_problem: continue
-            boxes, labels, box_problems = _yolo_boxes(entry["text"], image_w, image_h, len(class_names))
+            if image.problem: continue
+            boxes, labels, box_problems = _yolo_boxes(entry["text"], image.width, image.height, len(class_names))
             problems.extend(Problem(label_file, p) for p in box_problems)
             if len(labels):
-                records.append(Annotation(Path(image_file).stem, layout.base / image_file, image_w, image_h, boxes, labels, None, None))
+                records.append(Annotation(Path(image_file).stem, layout.base / image_file, image.width, image.height, boxes,
+                                          labels, None, None, image.orientation))
+    problems += [p for g in clashes if (p := _clash_problem(g, users))]
     return _Indexed(records, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings_)), scan.cache_hits)
 
 # %% ../nbs/01_voc.ipynb
 CLASSES_FILE = "classes.txt"
 
-def _read_classes_file(path: Path) -> tuple[str, ...]:
-    "The class names in `path`, one per line (blank lines skipped); a DatasetError names the file when they are unusable."
+def class_list_problems(names: Sequence[str], # the names in order, as given: blank entries included
+                        item: str = "line", # what one entry is called in the messages
+                       ) -> list[str]:
+    "What is wrong with a class list: a blank entry before the last name, a name given twice, names that differ only in case."
+    last = max((i for i, n in enumerate(names) if n), default=-1)
+    problems, first = [], {}
+    for i, name in enumerate(names[:last + 1], 1):
+        if not name:
+            problems.append(f"{item} {i} is blank (one class name per {item}, in class index order: remove it)"); continue
+        j = first.setdefault(name.casefold(), i)
+        if j == i: continue
+        problems.append(f"{item} {i} {name!r} repeats {item} {j}" if names[j - 1] == name else
+                        f"{item} {i} {name!r} differs from {item} {j} {names[j - 1]!r} only in case: use one spelling")
+    if last < 0: problems.append(f"no class names (expected one name per {item})")
+    return problems
+
+def read_classes_file(path: str | Path) -> tuple[str, ...]:
+    "The class names in the file `path`, one per line; a DatasetError names the file and every bad line."
+    path = Path(path)
     try: names = [line.strip() for line in _read_text(path).splitlines()]
     except OSError as e: raise DatasetError(f"{path}: unreadable class list ({e.strerror or e})") from None
-    names = [n for n in names if n]
-    if not names: raise DatasetError(f"{path}: no class names (expected one name per line)")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice: raise DatasetError(f"{path}: class names listed more than once: {', '.join(map(repr, twice))}")
-    return tuple(names)
+    if problems := class_list_problems(names): raise _error(path, [Problem(str(path), p) for p in problems])
+    return tuple(n for n in names if n)
+
+def _is_devkit(layout: DatasetLayout) -> bool:
+    "Whether `layout` is a tree in the VOCdevkit layout: VOC data whose year folders are all VOC<year>."
+    return layout.kind == "voc" and all(re.fullmatch(r"\d{4}", year) for year in layout.years)
+
+def class_names_rule(root: str | Path, # the dataset folder, in any form `find_dataset` accepts
+                    ) -> tuple[str, Path | None]:
+    "Which rule names the classes at `root`: ('file', its classes.txt), ('voc', None) or ('annotations', None)."
+    root = Path(root).expanduser()
+    layout = find_dataset(root)
+    for folder in dict.fromkeys([root, layout.base]):
+        if (folder / CLASSES_FILE).is_file(): return "file", folder / CLASSES_FILE
+    return ("voc" if layout.kind == "kaggle" or _is_devkit(layout) else "annotations"), None
 
 def dataset_class_names(root: str | Path, # the dataset folder, in any form `find_dataset` accepts
                         split: str | Sequence[str | None] | None = None, # the splits whose annotations name the classes (None: every split file)
@@ -624,16 +719,13 @@ def dataset_class_names(root: str | Path, # the dataset folder, in any form `fin
                         cache: bool | str | Path = False, # the check cache, shared with `check_dataset`
                        ) -> tuple[str, ...]:
     "The class names of the dataset at `root`: its classes.txt, else the VOC names for VOC data, else the names its annotations use, sorted."
-    root = Path(root).expanduser()
-    layout = find_dataset(root)
-    for folder in dict.fromkeys([root, layout.base]):
-        if (folder / CLASSES_FILE).is_file(): return _read_classes_file(folder / CLASSES_FILE)
-    if layout.kind == "kaggle": return VOC_CLASSES
+    rule, file = class_names_rule(root)
+    if rule == "file": return read_classes_file(file)
+    if rule == "voc": return VOC_CLASSES
+    layout = find_dataset(Path(root).expanduser())
     scan = _scan(layout, split, years, cache)
     if not scan.items: raise _error(layout.base, scan.problems or [Problem(".", "no annotations in the split")])
     names = {o.name for *_, entry in scan.items if (raw := _annotation_of(entry)) is not None for o in raw.objects}
-    devkit = all(re.fullmatch(r"\d{4}", year) for year in layout.years)
-    if devkit and names <= set(VOC_CLASSES): return VOC_CLASSES
     if not names:
         raise DatasetError(f"{layout.base}: its annotations name no objects, so they give no class names; "
                            f"write the names, one per line, to {layout.base / CLASSES_FILE}")
