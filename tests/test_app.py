@@ -115,7 +115,7 @@ def test_detect_view_without_server(tmp_path):
 
 
 def test_app_main_errors(tmp_path, capsys):
-    assert app_main(["--ckpt", str(tmp_path / "missing.pt")]) == 2
+    assert app_main(["--ckpt", str(tmp_path / "missing.pt")]) == 1  # bad input: the checkpoint
     assert "missing.pt: no such checkpoint file" in capsys.readouterr().err
 
 

@@ -13,9 +13,8 @@ import torch
 from yolo_voc.boxes import box_iou, postprocess, unletterbox_boxes
 from yolo_voc.checkpoint import save_weights
 from yolo_voc.model import YOLOv3
-from yolo_voc.cli import export_main
-from yolo_voc.export import (EXIT_MISSING_PACKAGE, EXIT_OUTPUT, EXIT_USAGE, EndToEnd, NmsSettings,
-                             export_onnx, fold_batchnorm, load_onnx_detector, quantize_int8)
+from yolo_voc.cli import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OUTPUT, EXIT_USAGE, export_main
+from yolo_voc.export import EndToEnd, NmsSettings, export_onnx, fold_batchnorm, load_onnx_detector, quantize_int8
 from yolo_voc.predict import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
@@ -266,16 +265,16 @@ def one_line_error(capsys) -> str:
 
 
 def test_export_command_errors(tmp_path, capsys):
-    assert export_main(["--ckpt", str(tmp_path / "no.ckpt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert export_main(["--ckpt", str(tmp_path / "no.ckpt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_BAD_INPUT
     assert "no.ckpt: no such checkpoint file" in capsys.readouterr().err
     assert export_main(["--ckpt", "x", "--format", "tflite", "--out", "y"]) == 2
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_missing_onnx_names_the_package(ckpts, tmp_path, capsys, monkeypatch):
-    "Without onnx, one line naming it and the extra, exit 3 (before: torch's OnnxExporterError traceback)."
+    "Without onnx, one line naming it and the extra, exit 4 (before: torch's OnnxExporterError traceback)."
     monkeypatch.setitem(sys.modules, "onnx", None)  # what Python does for a package that is not installed
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_PACKAGE
+    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_DEPENDENCY
     err = one_line_error(capsys)
     assert "onnx package" in err and 'pip install "yolo_voc[export]"' in err
     assert not (tmp_path / "m.onnx").exists()
@@ -284,13 +283,13 @@ def test_export_missing_onnx_names_the_package(ckpts, tmp_path, capsys, monkeypa
 def test_export_int8_missing_onnxruntime(ckpts, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--int8",
-                        "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_PACKAGE
+                        "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_DEPENDENCY
     assert "onnxruntime package" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "weights"])
 def test_export_out_is_a_folder(ckpts, tmp_path, capsys, fmt):
-    "An existing folder as --out: one line, exit 4 (before: IsADirectoryError traceback)."
+    "An existing folder as --out: one line, exit 3 (before: IsADirectoryError traceback)."
     (tmp_path / "out").mkdir()
     assert export_main(["--ckpt", str(ckpts["weights"]), "--format", fmt, "--out", str(tmp_path / "out")]) == EXIT_OUTPUT
     assert "is a folder" in one_line_error(capsys)
@@ -309,14 +308,14 @@ def test_export_bad_option_combinations(ckpts, tmp_path, capsys):
                         "--out", str(tmp_path / "m.pt")]) == EXIT_USAGE
     assert "int8" in one_line_error(capsys)
     assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--int8", "--data", str(tmp_path / "nodata"),
-                        "--out", str(tmp_path / "m.onnx")]) == EXIT_USAGE
+                        "--out", str(tmp_path / "m.onnx")]) == EXIT_BAD_INPUT
     assert "nodata: no such dataset folder" in one_line_error(capsys)
 
 
 def test_export_console_script_missing_onnx(ckpts, tmp_path):
-    "The real command in a fresh process where `import onnx` fails: one line on stderr, exit 3."
+    "The real command in a fresh process where `import onnx` fails: one line on stderr, exit 4."
     code = ("import sys; sys.modules['onnx'] = None; from yolo_voc.cli import export_main; "
             "sys.exit(export_main(sys.argv[1:]))")
     p = subprocess.run([sys.executable, "-c", code, "--ckpt", str(ckpts["weights"]), "--format", "onnx",
                         "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 3 and "Traceback" not in p.stderr and 'pip install "yolo_voc[export]"' in p.stderr
+    assert p.returncode == 4 and "Traceback" not in p.stderr and 'pip install "yolo_voc[export]"' in p.stderr

@@ -230,7 +230,7 @@ def test_predict_command_exit_codes(ckpts, images, tmp_path, capsys):
     result = json.loads((tmp_path / "o1" / "predictions.json").read_text())
     assert result["images"] == [] and len(result["errors"]) == 2
     (tmp_path / "bad.ckpt").write_text("x")
-    assert run_predict(tmp_path / "bad.ckpt", tmp_path / "o2", images) == 2
+    assert run_predict(tmp_path / "bad.ckpt", tmp_path / "o2", images) == 1  # bad input: a checkpoint that can't be used
     assert "bad.ckpt: not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert predict_main(["--out", str(tmp_path)]) == 2  # usage error
     assert predict_main(["--help"]) == 0

@@ -5,9 +5,12 @@
 # %% ../nbs/07a_checkpoint.ipynb 3
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import struct
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,25 +19,56 @@ import torch
 from .boxes import VOC_CLASSES, Decoding
 
 # %% auto 0
-__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_FORMATS', 'atomic_write', 'CheckpointError', 'torch_load', 'checkpoint_decoding',
-           'read_checkpoint', 'save_weights', 'load_checkpoint_file', 'check_checkpoint_fits']
+__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_FORMATS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_MIGRATIONS', 'atomic_write', 'CheckpointError',
+           'torch_load', 'checkpoint_decoding', 'read_checkpoint', 'save_weights', 'file_kind', 'load_checkpoint_file',
+           'check_checkpoint_fits', 'checkpoint_format', 'continue_from_weights', 'check_resumable',
+           'migrate_checkpoint']
 
 # %% ../nbs/07a_checkpoint.ipynb
-def atomic_write(path, write: Callable[[Path], Any], durable: bool = True) -> Path:
-    "Call `write(tmp_path)` next to `path`, flush it to disk (`durable`) and move it to `path` atomically."
+def _make_parent(path: Path) -> None:
+    "Create the folder of `path`; a file in the way is a `NotADirectoryError` naming `path` and that file."
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        above = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), path.parent)
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot be written: {above} is a file, not a folder", str(path)) from None
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "exists, and is not replaced", str(path))
+
+def _give_name(tmp: Path, path: Path, exist_ok: bool) -> None:
+    "Give the written `tmp` the name `path`: `os.replace`, or, unless `exist_ok`, a hard link that fails when `path` exists."
+    if exist_ok: return os.replace(tmp, path)
+    try: os.link(tmp, path)
+    except FileExistsError: raise _exists_error(path) from None
+    except OSError as e:  # a file system without hard links (FAT, some network mounts): check, then rename
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV): raise
+        if os.path.lexists(path): raise _exists_error(path) from None
+        os.replace(tmp, path)
+
+def atomic_write(path, # the file to write
+                 write: Callable[[Path], Any], # writes the content to the temporary path it is given
+                 durable: bool = True, # fsync the data before it gets the name, and the folder after
+                 exist_ok: bool = True, # replace an existing `path`; False: a `FileExistsError` instead, atomically
+                ) -> Path:
+    "Call `write(tmp_path)` next to `path`, flush it to disk (`durable`) and give it the name `path` atomically."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
+    if not exist_ok and os.path.lexists(path): raise _exists_error(path)  # before the work of writing it
     # a neutral temporary name: Lightning's `ckpt_path="last"` would take any file whose name holds "last", and
     # torch.save names its zip archive after the file name up to the first dot, so the name can't start with one
     tmp = path.with_name(f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
-        write(tmp)
-        if durable:
-            with open(tmp, "rb+") as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            if durable:
+                with open(tmp, "rb+") as f: os.fsync(f.fileno())  # the data is on the disk before the name points at it
+        except OSError as e:  # a full disk, a quota: name the file the user asked for, not the temporary one
+            if e.strerror and (e.filename is None or Path(e.filename) == tmp): e.filename = str(path)
+            raise
+        _give_name(tmp, path, exist_ok)
     finally:
-        if tmp.exists(): tmp.unlink()
-    if durable and hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        if os.path.lexists(tmp): tmp.unlink()  # a failed write; or, after a hard link, the temporary name only
+    if durable and hasattr(os, "O_DIRECTORY"):  # make the new name itself durable
         fd = os.open(path.parent, os.O_DIRECTORY)
         try: os.fsync(fd)
         finally: os.close(fd)
@@ -158,13 +192,49 @@ def save_weights(obj, # a `predict.Detector`, a training `LightningModule` or a 
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 # %% ../nbs/07a_checkpoint.ipynb
+def file_kind(path: Path) -> str:
+    "What a model file is, from its first bytes: `torch` (a torch.save zip), `torchscript`, `onnx`, `darknet` or `unknown`."
+    with open(path, "rb") as f: head = f.read(12)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z: names = z.namelist()
+        except (zipfile.BadZipFile, OSError): return "torch"  # a torn file: torch_load says what is wrong
+        return "torchscript" if any("/code/" in n or n.endswith("/constants.pkl") for n in names) else "torch"
+    # ONNX is a protobuf ModelProto: field 1 (ir_version, a small varint) comes first, then fields 2-7
+    if path.suffix.lower() == ".onnx" or (len(head) > 2 and head[0] == 0x08 and head[1] < 0x80 and head[2] in b"\x12\x1a\x22\x28\x32\x3a"):
+        return "onnx"
+    # Darknet: int32 major, minor, revision (0, 2, 0 for yolov3.weights), then the weights as float32
+    if len(head) == 12 and (path.suffix.lower() == ".weights" or all(0 <= v < 1000 for v in struct.unpack("<3i", head))):
+        return "darknet"
+    return "unknown"
+
+_NOT_RESUMABLE = {
+    "darknet": "a Darknet .weights file, not a training checkpoint: it holds weights but no optimizer, schedule or epoch "
+               "to resume. To start a new run from its weights, pass --model.pretrained {path} instead of --ckpt_path",
+    "onnx": "an ONNX export, not a training checkpoint: training can't resume from it or read its weights. Resume from "
+            "the run's checkpoints/last.ckpt, or start a new run from the checkpoint it was exported from with "
+            "--model.pretrained CKPT",
+    "torchscript": "a TorchScript export, not a training checkpoint: training can't resume from it or read its weights. "
+                   "Resume from the run's checkpoints/last.ckpt, or start a new run from the checkpoint it was exported "
+                   "from with --model.pretrained CKPT"}
+
 def load_checkpoint_file(path, map_location="cpu") -> dict[str, Any]:
-    "Load a Lightning checkpoint, raising `CheckpointError` that names the file when it is missing or corrupt."
+    "Load a Lightning checkpoint to resume or evaluate; a `CheckpointError` naming the file when it is missing, corrupt or another kind of file."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
+    kind = file_kind(path)
+    if kind in _NOT_RESUMABLE: raise CheckpointError(f"{path}: " + _NOT_RESUMABLE[kind].format(path=path))
     ckpt = torch_load(path, weights_only=False)  # Lightning checkpoints hold hyperparameters and loop state too
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a yolo_voc/Lightning checkpoint (no 'state_dict')")
+    if "format" in ckpt:  # save_weights' file
+        raise CheckpointError(f"{path}: a yolo_voc weights file ({ckpt['format']}, as `yolo-voc export --format weights` "
+                              "writes it), not a training checkpoint: it holds the model's weights but no optimizer, "
+                              f"schedule or epoch to resume. To start a new run from its weights, pass --model.pretrained "
+                              f"{path} instead of --ckpt_path")
+    if "pytorch-lightning_version" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning training checkpoint (no 'pytorch-lightning_version'): it holds "
+                              f"weights but no training state. To start a new run from them, pass --model.pretrained {path}")
     return ckpt
 
 def check_checkpoint_fits(ckpt: dict, module: torch.nn.Module, path="checkpoint") -> None:
@@ -178,3 +248,78 @@ def check_checkpoint_fits(ckpt: dict, module: torch.nn.Module, path="checkpoint"
     for k, v in ckpt["state_dict"].items():
         if k in own and own[k].shape != v.shape:
             raise CheckpointError(f"{path}: weight {k} has shape {tuple(v.shape)}, this model expects {tuple(own[k].shape)}")
+
+# %% ../nbs/07a_checkpoint.ipynb
+CHECKPOINT_FORMAT = "yolo_voc.checkpoint/1"
+
+def checkpoint_format(ckpt: dict, # a loaded Lightning checkpoint
+                      path="checkpoint", # its file, for messages
+                     ) -> int:
+    "The format number a Lightning checkpoint records in `ckpt['yolo_voc']['format']`; 0 for one that records none."
+    fmt = (ckpt.get("yolo_voc") or {}).get("format")
+    if fmt is None: return 0
+    name, _, number = str(fmt).rpartition("/")
+    if name != CHECKPOINT_FORMAT.rpartition("/")[0] or not number.isdigit():
+        raise CheckpointError(f"{path}: unknown checkpoint format {fmt!r} (this version writes {CHECKPOINT_FORMAT!r})")
+    return int(number)
+
+def continue_from_weights(path, why: str) -> CheckpointError:
+    "The one-line refusal of a checkpoint that can't be resumed exactly: why, and how to start a new run from its weights."
+    return CheckpointError(f"{path}: can't be resumed exactly: {why}. Start a new run from its weights with "
+                           f"--model.pretrained {path} (its schedule starts again)")
+
+def check_resumable(ckpt: dict, # a loaded Lightning checkpoint
+                    path="checkpoint", # its file, for messages
+                   ) -> None:
+    "Refuse a Lightning checkpoint without the optimizer, schedule and loop state a resumed run needs (a weights-only one)."
+    missing = [k for k in ("optimizer_states", "lr_schedulers", "loops") if not ckpt.get(k)]
+    if missing: raise continue_from_weights(path, f"it holds no {', '.join(missing)} (weights only)")
+
+#: Format 0's schedule state: the fields of `lr_find.OneCycleThenConstant` as they were (a migration reads the old format).
+_FORMAT_0_SCHEDULE = {"cycle_steps", "pct_start", "div_factor", "final_div_factor", "tail_factor"}
+
+def _cycle_end(state: dict, path, what: str) -> float:
+    "Format 0's meaning of a tail factor of None: the rate the cycle ended at, 1 / (div_factor * final_div_factor)."
+    div, final = state.get("div_factor"), state.get("final_div_factor")
+    if not div or not final:
+        raise continue_from_weights(path, f"its {what} is None and final_div_factor is {final!r}, so its tail rate is unknown")
+    return 1 / (div * final)
+
+def _format_0_to_1(ckpt: dict, path) -> str:
+    "The schedule's tail as a number (it was None for 'the cycle's final rate' before commit 86158fc)."
+    done = []
+    hp = ckpt.get("hyper_parameters")
+    if isinstance(hp, dict) and "tail_lr_factor" in hp and hp["tail_lr_factor"] is None:
+        hp["tail_lr_factor"] = _cycle_end(hp, path, "tail_lr_factor")
+        done.append(f"tail_lr_factor None -> {hp['tail_lr_factor']:.6g}")
+    for sched in ckpt["lr_schedulers"]:
+        lambdas = sched.get("lr_lambdas") if isinstance(sched, dict) else None
+        if not lambdas or not all(isinstance(s, dict) and set(s) == _FORMAT_0_SCHEDULE for s in lambdas):
+            raise continue_from_weights(path, "its learning-rate schedule is not yolo_voc's one cycle then a constant tail")
+        for s in lambdas:
+            if s["tail_factor"] is None:
+                s["tail_factor"] = _cycle_end(s, path, "schedule's tail_factor")
+                done.append(f"schedule tail_factor None -> {s['tail_factor']:.6g}")
+    return "; ".join(dict.fromkeys(done)) or "the format recorded"
+
+#: The checkpoint migrations: number N brings format N to N + 1; they run in order.
+CHECKPOINT_MIGRATIONS: dict[int, Callable[[dict, Any], str]] = {0: _format_0_to_1}
+
+def migrate_checkpoint(ckpt: dict, # a loaded Lightning checkpoint, changed in place
+                       path="checkpoint", # its file, for messages
+                      ) -> list[str]:
+    "Bring the checkpoint a run resumes from to `CHECKPOINT_FORMAT` in place, or refuse it in one line; what each step did."
+    current = int(CHECKPOINT_FORMAT.rpartition("/")[2])
+    version = checkpoint_format(ckpt, path)
+    if version > current:
+        raise continue_from_weights(path, f"it was written by a newer yolo_voc (checkpoint format {version}; this version "
+                                          f"knows up to {current}); upgrade yolo_voc to resume it")
+    if version == current: return []  # also Lightning's own temporary checkpoints (the LR range test restores one)
+    check_resumable(ckpt, path)  # the state to migrate must be there
+    notes = []
+    for step in range(version, current):
+        notes.append(f"{path}: checkpoint format {step} -> {step + 1}: {CHECKPOINT_MIGRATIONS[step](ckpt, path)}")
+    yv = ckpt.setdefault("yolo_voc", {})
+    if version < current: yv.setdefault("legacy_format", version)  # as Lightning keeps `legacy_pytorch-lightning_version`
+    yv["format"] = CHECKPOINT_FORMAT
+    return notes

@@ -6,49 +6,119 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
 import yolo_voc
 
 # %% auto 0
-__all__ = ['COMMANDS', 'PREDICT_EPILOG', 'main', 'synth', 'check', 'download', 'train_command', 'lr_find', 'add_model_args',
-           'parse_or_status', 'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser',
-           'app_main']
+__all__ = ['COMMANDS', 'EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_USAGE', 'EXIT_OUTPUT', 'EXIT_MISSING_DEPENDENCY', 'EXIT_INTERRUPTED',
+           'EXIT_STATUS_HELP', 'OPTIONAL_PACKAGES', 'PREDICT_EPILOG', 'EXPORT_EPILOG', 'os_error_line',
+           'missing_dependency_line', 'error_status', 'run_command', 'command', 'command_parser', 'main', 'synth',
+           'check', 'download', 'lightning_help', 'train_command', 'lr_find', 'add_model_args', 'parse_or_status',
+           'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser', 'app_main']
 
 # %% ../nbs/11_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
+#: The exit status of every command (the one table; `EXIT_STATUS_HELP` shows it in each command's --help).
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_OUTPUT, EXIT_MISSING_DEPENDENCY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+EXIT_STATUS_HELP = """exit status (the same for every yolo-voc command):
+  0    done
+  1    bad input: a dataset, image, archive or checkpoint that can't be used (nothing could be processed)
+  2    bad command line: usage, an invalid or contradictory option, an --out that is refused (nothing written)
+  3    an output could not be written (read-only, disk full, a path under a file); the message names the path
+  4    a missing optional dependency; the message says what to pip install
+  130  interrupted (Ctrl-C)"""
+
+#: Optional packages a command may need, and how to install them (the extras of settings.ini).
+OPTIONAL_PACKAGES = {"onnx": 'pip install "yolo_voc[export]"', "onnxruntime": 'pip install "yolo_voc[export]"',
+                     "gradio": 'pip install "yolo_voc[app]"', "gradio_client": 'pip install "yolo_voc[app]"',
+                     "tensorboard": "pip install tensorboard"}
+
+def os_error_line(e: OSError) -> str:
+    "An `OSError` as one line that names the path: `path: what went wrong`."
+    if not e.filename or not e.strerror: return str(e)
+    return f"{e.filename}: {e.strerror}" + (f" ({e.filename2})" if e.filename2 else "")
+
+def missing_dependency_line(e: ImportError) -> str:
+    "An `ImportError` as one line that says what to install (its own message when it says so already)."
+    if "pip install" in str(e): return str(e)
+    name = (e.name or "").split(".")[0]
+    if not name: return f"a package can't be imported ({e})"
+    return f"the {name} package is not installed: {OPTIONAL_PACKAGES.get(name, f'pip install {name}')}"
+
+def error_status(e: BaseException) -> tuple[int, str] | None:
+    "The exit status and the one line for an exception that ended a command; None for a bug (its traceback is shown)."
+    if isinstance(e, KeyboardInterrupt): return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(e, ImportError): return EXIT_MISSING_DEPENDENCY, missing_dependency_line(e)
+    if isinstance(e, OSError): return EXIT_OUTPUT, os_error_line(e)
+    if type(e).__module__.startswith("yolo_voc"): return EXIT_BAD_INPUT, str(e)  # DatasetError, CheckpointError, ...
+    return None
+
+def run_command(prog: str, # the name in messages, e.g. "yolo-voc export"
+                fn: Callable, # the command: fn(argv) -> exit status
+                argv, # its arguments
+               ) -> int:
+    "Run `fn(argv)`; whatever ends it becomes a status of the exit-status table and, for an error, one line on stderr."
+    try: return int(fn(argv) or 0)
+    except BrokenPipeError:  # e.g. `yolo-voc check DATA | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return EXIT_BAD_INPUT
+    except BaseException as e:
+        if isinstance(e, SystemExit):
+            if not isinstance(e.__context__, KeyboardInterrupt):  # argparse: --help (0) or a usage error (2)
+                if isinstance(e.code, str): print(e.code, file=sys.stderr)
+                return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+            e = e.__context__  # Lightning's Ctrl-C: it shuts the run down, then exits 1
+        found = error_status(e)
+        if found is None: raise
+        print(f"{prog}: {found[1]}", file=sys.stderr)
+        return found[0]
+
+def command(name: str):
+    "Register `fn(argv) -> int` as `yolo-voc NAME`; called from `main` or directly, it ends with the table's status."
+    def register(fn: Callable) -> Callable[[list[str] | None], int]:
+        @functools.wraps(fn)
+        def run(argv: list[str] | None = None) -> int: return run_command(f"yolo-voc {name}", fn, argv)
+        COMMANDS[name] = run
+        return run
+    return register
+
+def command_parser(name: str, # the command, e.g. "export"
+                   description: str, # one paragraph, wrapped to the terminal
+                   epilog: str = "", # what this command adds before the exit-status table (kept as written)
+                  ) -> argparse.ArgumentParser:
+    "An `ArgumentParser` whose --help ends with `epilog` and the exit-status table."
+    width = min(100, shutil.get_terminal_size().columns - 2)
+    return argparse.ArgumentParser(prog=f"yolo-voc {name}", description=textwrap.fill(" ".join(description.split()), width),
+                                   epilog="\n\n".join(filter(None, [epilog, EXIT_STATUS_HELP])),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
 def _usage() -> str:
-    "The top-level help: every registered command with the first line of its docstring."
+    "The top-level help: every registered command with the first line of its docstring, and the exit-status table."
     w = max([len(n) for n in COMMANDS] + [8])
     lines = ["usage: yolo-voc COMMAND [ARGS]  (yolo-voc COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {n:<{w}}  {(f.__doc__ or '').strip().splitlines()[0] if f.__doc__ else ''}" for n, f in COMMANDS.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", EXIT_STATUS_HELP])
 
 def main(argv: Sequence[str] | None = None) -> int:
     "Run `yolo-voc COMMAND [ARGS]` (`argv` defaults to `sys.argv[1:]`); returns the exit status."
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage(), file=sys.stdout if argv else sys.stderr); return 0 if argv else 2
-    if argv[0] in ("-V", "--version"): print(f"yolo-voc {yolo_voc.__version__}"); return 0
+        print(_usage(), file=sys.stdout if argv else sys.stderr); return EXIT_OK if argv else EXIT_USAGE
+    if argv[0] in ("-V", "--version"): print(f"yolo-voc {yolo_voc.__version__}"); return EXIT_OK
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"yolo-voc: unknown command {name!r}\n\n{_usage()}", file=sys.stderr); return 2
-    try: return int(COMMANDS[name](rest) or 0)
-    except Exception as e:
-        # the project's own errors (DatasetError, CheckpointError, TrainingError, ...) carry a message that names the
-        # file and the problem: print it, not a traceback
-        if not type(e).__module__.startswith("yolo_voc"): raise
-        print(f"yolo-voc {name}: {e}", file=sys.stderr); return 1
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BrokenPipeError:  # e.g. `yolo-voc check DATA | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 1
+        print(f"yolo-voc: unknown command {name!r}\n\n{_usage()}", file=sys.stderr); return EXIT_USAGE
+    return COMMANDS[name](rest)  # `command` maps whatever ends it to the exit-status table
 
 # %% ../nbs/11_cli.ipynb
 def _image_size(s: str) -> tuple[int, int]:
@@ -58,11 +128,12 @@ def _image_size(s: str) -> tuple[int, int]:
         return int(w), int(h)
     except (TypeError, ValueError): raise argparse.ArgumentTypeError(f"{s!r}: expected PX or WxH, e.g. 416 or 320x240")
 
+@command("synth")
 def synth(argv: list[str]) -> int:
     "Write a synthetic VOCdevkit of coloured shapes: OUT/VOCdevkit/VOC2007."
     from yolo_voc.boxes import VOC_CLASSES
     from yolo_voc.synthetic import make_synthetic_voc
-    p = argparse.ArgumentParser(prog="yolo-voc synth", description=synth.__doc__)
+    p = command_parser("synth", "Write a synthetic VOCdevkit of coloured shapes: OUT/VOCdevkit/VOC2007.")
     p.add_argument("out", type=Path, help="folder to write VOCdevkit/ into")
     p.add_argument("--images", type=int, default=200, help="number of images (default: 200)")
     p.add_argument("--image-size", type=_image_size, default=(320, 240), metavar="PX|WxH",
@@ -77,9 +148,7 @@ def synth(argv: list[str]) -> int:
     except ValueError as e: p.error(str(e))
     w, h = a.image_size
     print(f"wrote {a.images} images ({w}x{h}, {a.classes} classes, seed {a.seed}) to {voc}")
-    return 0
-
-COMMANDS["synth"] = synth
+    return EXIT_OK
 
 # %% ../nbs/11_cli.ipynb
 def _class_names(s: str) -> tuple[str, ...]:
@@ -106,10 +175,12 @@ def _classes_said(data: Path, names: Sequence[str], given: bool) -> str:
         return f"the {len(names)} Pascal VOC classes, as {what} has (a {CLASSES_FILE} in {layout.base} would name others)"
     return f"the {len(names)} names its annotations use, sorted (a {CLASSES_FILE} in {layout.base} would fix them)"
 
+@command("check")
 def check(argv: list[str]) -> int:
     "Check a dataset (VOCdevkit or Kaggle layout): counts, and every problem with its file."
     from yolo_voc.voc import CheckReport, DatasetError, Problem, check_dataset, dataset_class_names, find_dataset
-    p = argparse.ArgumentParser(prog="yolo-voc check", description=check.__doc__)
+    p = command_parser("check", "Check a dataset (VOCdevkit or Kaggle layout): counts, and every problem with its file.",
+                       "check: 1 when the dataset has any problem (each is listed with its file).")
     p.add_argument("data", type=Path, help="the folder holding VOCdevkit, VOCdevkit, VOC2007, or a Kaggle folder")
     p.add_argument("--split", default=None,
                    help="e.g. trainval, 2007-test, 2007-trainval+2012-trainval (default: every split file)")
@@ -136,18 +207,17 @@ def check(argv: list[str]) -> int:
             kind = "VOCdevkit " + "+".join(f"VOC{y}" for y in layout.years) if layout.kind == "voc" else "Kaggle YOLO text"
             print(f"{kind} at {layout.base}, split: {a.split or 'all'}\nclasses: {said}")
         print(rep)
-    return 0 if rep.ok else 1
-
-COMMANDS["check"] = check
+    return EXIT_OK if rep.ok else EXIT_BAD_INPUT
 
 # %% ../nbs/11_cli.ipynb
+@command("download")
 def download(argv: list[str]) -> int:
     "Download a dataset: `download voc ROOT` fetches Pascal VOC 2007/2012 into ROOT/VOCdevkit (MD5-checked, resumable)."
     from yolo_voc.download import DownloadError, RootConflict, RootError, download_voc
-    p = argparse.ArgumentParser(prog="yolo-voc download", description=download.__doc__,
-                                epilog="exit status: 0 done; 1 a download, checksum or tar that can't be used; 2 bad "
-                                "command line, or ROOT holds files of yours the tars would replace; 3 ROOT can't be "
-                                "written (read-only, full, a file, another run on it); 130 interrupted (Ctrl-C)")
+    p = command_parser("download", download.__doc__,
+                       "download: 1 a download, checksum or tar that can't be used; 2 also a ROOT that holds files of\n"
+                       "yours the tars would replace; 3 ROOT can't be written (read-only, full, a file, another run on\n"
+                       "it); after 130 (Ctrl-C) the same command again goes on: downloads resume.")
     p.add_argument("dataset", choices=["voc"], help="the dataset: voc (Pascal VOC)")
     p.add_argument("root", type=Path, help="the folder to put VOCdevkit/ in (created)")
     p.add_argument("--years", nargs="+", default=["2007", "2012"], choices=["2007", "2012"],
@@ -170,37 +240,41 @@ def download(argv: list[str]) -> int:
     print(f"Pascal VOC {'+'.join(a.years)} in {devkit}; train with: yolo-voc fit --data.root {a.root}")
     return 0
 
-COMMANDS["download"] = download
-
 # %% ../nbs/11_cli.ipynb
+def lightning_help(epilog: str = EXIT_STATUS_HELP) -> dict:
+    "`LightningCLI` parser settings whose --help ends with `epilog`, its lines kept (jsonargparse wraps text otherwise)."
+    from jsonargparse import DefaultHelpFormatter
+    class KeepEpilogLines(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter): pass
+    return dict(epilog=epilog, formatter_class=KeepEpilogLines)
+
 def train_command(subcommand: str, doc: str) -> Callable[[list[str]], int]:
     "A `COMMANDS` entry running `yolo_voc.train.YoloCLI` for `subcommand`."
     def run(argv: list[str]) -> int:
         from yolo_voc.train import YoloCLI
         args = [subcommand] + list(argv)
         # from the console script LightningCLI reads sys.argv itself (and warns when given both)
-        YoloCLI(args=None if sys.argv[1:] == args else args)
-        return 0
+        YoloCLI(args=None if sys.argv[1:] == args else args,
+                parser_kwargs={"formatter_class": lightning_help()["formatter_class"], subcommand: lightning_help()})
+        return EXIT_OK
     run.__doc__ = doc
-    return run
+    return command(subcommand)(run)
 
+train_command("fit", "Train (LightningCLI): checks the data, finds max_lr, one cycle then a constant tail; --help for every option.")
+train_command("validate", "Validate a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run.")
+train_command("test", "Test a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run.")
+
+@command("lr-find")
 def lr_find(argv: list[str]) -> int:
     "Run the LR range test on the configured model and data; writes lr_find.json/png to a run folder."
     from yolo_voc.train import MaxLRFinder, RunReport, YoloCLI
-    cli = YoloCLI(args=list(argv), run=False, command="lr-find")
+    cli = YoloCLI(args=list(argv), run=False, command="lr-find", parser_kwargs=lightning_help())
     cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, RunReport)]  # no training to report
     finder = next((c for c in cli.trainer.callbacks if isinstance(c, MaxLRFinder)), None)
     if finder is None:
-        print("yolo-voc lr-find: --model.max_lr is given, so there is nothing to find", file=sys.stderr); return 2
+        print("yolo-voc lr-find: --model.max_lr is given, so there is nothing to find", file=sys.stderr); return EXIT_USAGE
     cli.trainer.fit(cli.model, cli.datamodule)
     print(f"suggested max_lr = {finder.result.suggestion:.4g} ({finder.result.rule}); plot: {cli.plan.run_dir}/lr_find.png")
-    return 0
-
-COMMANDS.update({
-    "fit": train_command("fit", "Train (LightningCLI): checks the data, finds max_lr, one cycle then a constant tail; --help for every option."),
-    "validate": train_command("validate", "Validate a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run."),
-    "test": train_command("test", "Test a checkpoint (LightningCLI): --ckpt_path CKPT|last|best; per-class results into its run."),
-    "lr-find": lr_find})
+    return EXIT_OK
 
 # %% ../nbs/11_cli.ipynb
 def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
@@ -221,18 +295,13 @@ earlier runs are listed in predictions.json 'earlier_files'); OUT may not be, li
 unless --allow-input-overlap, and input files are never written over. Results are appended to
 OUT/predictions.jsonl image by image and OUT/predictions.json is written at the end.
 
-exit status:
-  0  at least one image was processed (unreadable files are reported on stderr and in 'errors')
-  1  no image could be processed
-  2  bad command line, option or checkpoint, or an unsafe OUT refused (nothing written)
-  3  an output could not be written (the message names the path; the results so far are in predictions.jsonl)"""
+predict: 0 at least one image was processed (unreadable files are reported on stderr and in 'errors');
+1 no image could be processed, or the checkpoint can't be used; after 3 the results so far are in predictions.jsonl."""
 
 def predict_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc predict`."
-    p = argparse.ArgumentParser(prog="yolo-voc predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Detect objects in images, videos and folders of them: write each image with "
-                                "its boxes drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.",
-                                epilog=PREDICT_EPILOG)
+    p = command_parser("predict", "Detect objects in images, videos and folders of them: write each image with its boxes "
+                       "drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.", PREDICT_EPILOG)
     p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER", help="image or video files and/or folders of them")
     add_model_args(p, default_device="auto")
     p.add_argument("--out", required=True, help="output folder, new or empty (created)")
@@ -252,6 +321,7 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video videos (default 25)")
     return p
 
+@command("predict")
 def predict_main(argv: list[str] | None = None) -> int:
     "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
     # the work is the module's, imported when the command runs
@@ -270,26 +340,26 @@ def predict_main(argv: list[str] | None = None) -> int:
         summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
                                     args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
                                     args.fps, log=lambda m: print(f"yolo-voc predict: {m}", file=sys.stderr))
-    except OutputError as e: return fail(e, 3)
-    except (FileNotFoundError, CheckpointError, UnsafeOutputError, ValueError) as e: return fail(e, 2)
+    except OutputError as e: return fail(e, EXIT_OUTPUT)
+    except (FileNotFoundError, CheckpointError) as e: return fail(e, EXIT_BAD_INPUT)  # the checkpoint
+    except (UnsafeOutputError, ValueError) as e: return fail(e, EXIT_USAGE)  # an option, --device, --out
     print(f"{summary.images} images, {summary.detections} detections, {len(summary.errors)} errors -> "
           f"{Path(args.out) / 'predictions.json'}")
-    return 0 if summary.images else fail("no image could be processed", 1)
-
-COMMANDS["predict"] = predict_main
+    return EXIT_OK if summary.images else fail("no image could be processed", EXIT_BAD_INPUT)
 
 # %% ../nbs/11_cli.ipynb
+EXPORT_EPILOG = """output: --out must not exist, unless --exist-ok (it is then replaced), and is never the --ckpt itself
+(compared as real paths: links, ./x and absolute paths). The file is written next to it, flushed to disk and then
+given its name, so it appears complete or not at all. ONNX needs the [export] extra: pip install "yolo_voc[export]"."""
+
 def export_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc export`."
-    p = argparse.ArgumentParser(prog="yolo-voc export", description="Export a checkpoint's network to ONNX or "
-                                "TorchScript (raw head outputs, or end to end with --nms), optionally int8 (ONNX), "
-                                "or write its lightweight weights file.",
-                                epilog="Exit status: 0 written; 2 bad command line, checkpoint or data; 3 a package "
-                                "is missing (ONNX needs the [export] extra: pip install \"yolo_voc[export]\"); "
-                                "4 the output can't be written.")
+    p = command_parser("export", "Export a checkpoint's network to ONNX or TorchScript (raw head outputs, or end to end "
+                       "with --nms), optionally int8 (ONNX), or write its lightweight weights file.", EXPORT_EPILOG)
     add_model_args(p)
     p.add_argument("--format", required=True, choices=["onnx", "torchscript", "weights"])
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--out", required=True, help="output file (new, unless --exist-ok)")
+    p.add_argument("--exist-ok", action="store_true", help="replace --out if it exists (never the --ckpt itself)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
@@ -309,44 +379,40 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-eval", action="store_true", help="skip the int8 vs fp32 mAP50 comparison")
     return p
 
+@command("export")
 def export_main(argv: list[str] | None = None) -> int:
     "`yolo-voc export`: ONNX, TorchScript or weights file from a checkpoint; see `export_parser`."
     from yolo_voc.checkpoint import CheckpointError
-    from yolo_voc.export import (EXIT_MISSING_PACKAGE, EXIT_OUTPUT, EXIT_USAGE, Int8Settings, MissingDependency,
-                                 NmsSettings, export_model, require)
-    from yolo_voc.predict import load_detector
+    from yolo_voc.export import Int8Settings, NmsSettings, check_export_out, export_model, require
+    from yolo_voc.predict import UnsafeOutputError, load_detector
+    from yolo_voc.voc import DatasetError
     args = parse_or_status(export_parser(), argv)
     if isinstance(args, int): return args
-    prog = "yolo-voc export"
+    def fail(message, status: int) -> int:
+        print(f"yolo-voc export: {message}", file=sys.stderr); return status
     nms = NmsSettings(args.conf, args.iou, args.max_detections) if args.nms else None
     int8 = Int8Settings(args.data, args.synthetic_images, args.calib_split, args.calib_images, args.val_split,
                         args.val_images, not args.no_eval) if args.int8 else None
-    try:
-        if args.format == "onnx": require("onnx", "--format onnx")
-        if int8 is not None: require("onnxruntime", "--int8")
-    except MissingDependency as e:
-        print(f"{prog}: {e}", file=sys.stderr); return EXIT_MISSING_PACKAGE
+    if args.format == "onnx": require("onnx", "--format onnx")  # a missing package: exit 4, before any work
+    if int8 is not None: require("onnxruntime", "--int8")
+    try: check_export_out(args.out, [args.ckpt], args.exist_ok)  # before the model loads (a folder, a path under a file: 3)
+    except UnsafeOutputError as e: return fail(e, EXIT_USAGE)
     try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
-    except (FileNotFoundError, CheckpointError) as e:
-        print(f"{prog}: {e}", file=sys.stderr); return EXIT_USAGE
-    try: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8)
-    except MissingDependency as e:
-        print(f"{prog}: {e}", file=sys.stderr); return EXIT_MISSING_PACKAGE
-    except (CheckpointError, ValueError) as e:  # bad settings, a missing or broken dataset (DatasetError)
-        print(f"{prog}: {e}", file=sys.stderr); return EXIT_USAGE
-    except OSError as e:  # the output: a folder, no permission, no space, ...
-        print(f"{prog}: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
-        return EXIT_OUTPUT
+    except (FileNotFoundError, CheckpointError) as e: return fail(e, EXIT_BAD_INPUT)
+    except ValueError as e: return fail(e, EXIT_USAGE)  # --device
+    try: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8,
+                               exist_ok=args.exist_ok)
+    except (CheckpointError, DatasetError) as e: return fail(e, EXIT_BAD_INPUT)  # an ONNX --ckpt, a missing --data
+    except (UnsafeOutputError, ValueError) as e: return fail(e, EXIT_USAGE)  # contradictory settings
     print(report)
-    return 0
-
-COMMANDS["export"] = export_main
+    return EXIT_OK
 
 # %% ../nbs/11_cli.ipynb
 def app_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc app`."
-    p = argparse.ArgumentParser(prog="yolo-voc app", description="Serve a local Gradio demo of a checkpoint: upload "
-                                "images, tune confidence and IoU, see the detections and their Grad-CAM.")
+    p = command_parser("app", "Serve a local Gradio demo of a checkpoint: upload images, tune confidence and IoU, see "
+                       "the detections and their Grad-CAM.", "app: Ctrl+C is how the server stops (exit 0); the app needs "
+                       'the [app] extra: pip install "yolo_voc[app]".')
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -363,33 +429,33 @@ def app_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.45, help="initial NMS IoU threshold (default 0.45)")
     return p
 
+@command("app")
 def app_main(argv: list[str] | None = None) -> int:
     "`yolo-voc app`: serve the demo app for a checkpoint or ONNX file, or write its Space; see `app_parser`."
     from yolo_voc.app import build_app, examples_from, import_gradio, launch, load_app_detector, write_space
     from yolo_voc.checkpoint import CheckpointError
     from yolo_voc.predict import is_video, list_images
+    from yolo_voc.voc import DatasetError
     args = parse_or_status(app_parser(), argv)
     if isinstance(args, int): return args
     prog = "yolo-voc app"
+    import_gradio()  # a missing package: exit 4
     try:
-        import_gradio()
         detector = load_app_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
         missing = [e for e in args.examples if not Path(e).exists()]
         if missing: raise FileNotFoundError(f"{missing[0]}: no such example file or folder")
         examples = [e for e in list_images(args.examples) if not is_video(e)]  # the gallery shows images
         if args.examples_from:
             examples += examples_from(args.examples_from, detector.class_names, args.examples_split, args.num_examples)
-    except (ImportError, FileNotFoundError, CheckpointError, ValueError) as e:  # ValueError: DatasetError, device
-        print(f"{prog}: {e}", file=sys.stderr); return 2
-    if args.export_space:
-        try: out = write_space(detector, args.export_space, examples, args.conf, args.iou, requirement=args.space_requirement)
-        except OSError as e:
-            print(f"{prog}: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr); return 4
+    except (FileNotFoundError, CheckpointError, DatasetError) as e:  # the checkpoint, the examples, their dataset
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_BAD_INPUT
+    except ValueError as e:  # --device
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_USAGE
+    if args.export_space:  # an OSError (the folder can't be written) is exit 3, as for every command
+        out = write_space(detector, args.export_space, examples, args.conf, args.iou, requirement=args.space_requirement)
         print(f"{prog}: wrote the Space folder {out} (start it there with: python app.py)")
-        return 0
+        return EXIT_OK
     demo = build_app(detector, examples, args.conf, args.iou)
     print(f"{prog}: serving {args.ckpt} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     launch(demo, args.host, args.port, block=True, share=args.share)
-    return 0
-
-COMMANDS["app"] = app_main
+    return EXIT_OK

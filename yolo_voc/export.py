@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import copy
+import errno
 import importlib
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,15 +23,14 @@ from torch import nn
 
 from .boxes import STRIDES, Decoding, decode_outputs
 from .checkpoint import CheckpointError, atomic_write, save_weights
-from .predict import Detector, letterbox_image, list_images, load_image, to_tensor
+from .predict import Detector, UnsafeOutputError, letterbox_image, list_images, load_image, to_tensor
 
 # %% auto 0
-__all__ = ['EXPORT_INSTALL', 'OUTPUT_NAMES', 'NMS_OUTPUT_NAMES', 'FORMAT', 'FORMATS', 'RAW_OUTPUTS', 'NMS_OUTPUTS', 'EXIT_USAGE',
-           'EXIT_MISSING_PACKAGE', 'EXIT_OUTPUT', 'MissingDependency', 'require', 'fold_batchnorm', 'HeadOutputs',
-           'NmsSettings', 'export_metadata', 'export_onnx', 'padded_detections', 'Postprocess', 'EndToEnd',
-           'export_torchscript', 'onnx_session', 'onnx_metadata', 'OnnxBackend', 'load_onnx_detector',
-           'CalibrationImages', 'quantize_int8', 'detector_map50', 'Int8Settings', 'ExportReport', 'int8_data',
-           'export_model']
+__all__ = ['EXPORT_INSTALL', 'OUTPUT_NAMES', 'NMS_OUTPUT_NAMES', 'FORMAT', 'FORMATS', 'RAW_OUTPUTS', 'NMS_OUTPUTS',
+           'MissingDependency', 'require', 'fold_batchnorm', 'HeadOutputs', 'NmsSettings', 'export_metadata',
+           'export_onnx', 'padded_detections', 'Postprocess', 'EndToEnd', 'export_torchscript', 'onnx_session',
+           'onnx_metadata', 'OnnxBackend', 'load_onnx_detector', 'CalibrationImages', 'quantize_int8', 'detector_map50',
+           'Int8Settings', 'ExportReport', 'int8_data', 'check_export_out', 'export_model']
 
 # %% ../nbs/10a_export.ipynb
 EXPORT_INSTALL = 'pip install "yolo_voc[export]"'
@@ -392,6 +394,28 @@ def int8_data(detector: Detector, settings: Int8Settings) -> tuple[str, list, li
     val = load_annotations(root, settings.val_split, detector.class_names) if settings.evaluate else []
     return str(root), [a.image_path for a in _spread(calib, settings.calib_images)], _spread(val, settings.val_images)
 
+def _same_file(a: Path, b: Path) -> bool:
+    "Whether `a` and `b` name one file: the same real path (links followed, `./x`, relative or absolute) or inode."
+    if os.path.realpath(a) == os.path.realpath(b): return True
+    try: return os.path.samefile(a, b)
+    except OSError: return False  # `a` does not exist yet
+
+def check_export_out(out, # the file an export writes
+                     inputs=(), # files the export reads (its checkpoint): `out` is never one of them
+                     exist_ok: bool = False, # allow an existing `out` (it is then replaced)
+                    ) -> Path:
+    "Refuse an `out` that is an input, or exists (unless `exist_ok`): `UnsafeOutputError`; a folder or a path under a file: `OSError`."
+    out = Path(out)
+    for source in inputs:
+        if source is not None and _same_file(out, Path(source)):
+            raise UnsafeOutputError(f"{out}: is the checkpoint being exported ({source}); choose another --out")
+    if out.is_dir(): raise IsADirectoryError(errno.EISDIR, "is a folder: --out names the file to write", str(out))
+    above = next((p for p in out.parents if os.path.lexists(p) and not p.is_dir()), None)
+    if above is not None: raise NotADirectoryError(errno.ENOTDIR, f"cannot be written: {above} is a file, not a folder", str(out))
+    if os.path.lexists(out) and not exist_ok:
+        raise UnsafeOutputError(f"{out}: exists; choose another --out, or pass --exist-ok to replace it")
+    return out
+
 def export_model(detector: Detector, # the model to export
                  format: str, # "onnx", "torchscript" or "weights"
                  out, # the file to write
@@ -400,22 +424,25 @@ def export_model(detector: Detector, # the model to export
                  dynamic_hw: bool = False, # ONNX raw export: dynamic height and width
                  nms: NmsSettings | None = None, # end to end: decoding and NMS in the graph
                  int8: Int8Settings | None = None, # ONNX: static int8 quantisation, calibrated and checked on data
+                 exist_ok: bool = False, # replace an existing `out` (never the detector's own file)
                 ) -> ExportReport:
-    "Write `detector` as `format` to `out`; the work of `yolo-voc export`."
-    out = Path(out)
-    if out.is_dir(): raise IsADirectoryError(f"{out}: is a folder: --out names the file to write (e.g. {out / f'model.{format}'})")
+    "Write `detector` as `format` to `out`, atomically, never over its checkpoint or (unless `exist_ok`) any file; the work of `yolo-voc export`."
+    out = check_export_out(out, [detector.source], exist_ok)
+    def publish(write: Callable[[Path], object]) -> Path:  # each writer writes its temporary file; this names it `out`
+        return atomic_write(out, write, exist_ok=exist_ok)
     if isinstance(detector.model, OnnxBackend): raise CheckpointError(f"{detector.source}: is already an ONNX export: export from the checkpoint")
     if int8 is not None and format != "onnx": raise ValueError(f"int8 quantisation is for ONNX, not {format}")
     if nms is not None and format == "weights": raise ValueError("a weights file has no NMS: --nms is for onnx and torchscript")
-    if format == "weights": return ExportReport(save_weights(detector, out, image_size=image_size), format)
+    if format == "weights": return ExportReport(publish(lambda p: save_weights(detector, p, image_size=image_size)), format)
     if format == "torchscript":
-        return ExportReport(export_torchscript(detector, out, image_size, nms), format, end_to_end=nms is not None)
+        return ExportReport(publish(lambda p: export_torchscript(detector, p, image_size, nms)), format, end_to_end=nms is not None)
     if format != "onnx": raise ValueError(f"unknown export format {format!r}: onnx, torchscript or weights")
     if int8 is None:
-        return ExportReport(export_onnx(detector, out, image_size, opset, dynamic_hw, nms), format, end_to_end=nms is not None)
+        path = publish(lambda p: export_onnx(detector, p, image_size, opset, dynamic_hw, nms))
+        return ExportReport(path, format, end_to_end=nms is not None)
     require("onnxruntime", "int8 quantisation")
     root, calib, val = int8_data(detector, int8)
-    path = quantize_int8(detector, out, calib, image_size, opset, nms)
+    path = publish(lambda p: quantize_int8(detector, p, calib, image_size, opset, nms))
     report = ExportReport(path, format, "int8", nms is not None, len(calib), root, len(val))
     if val:
         with tempfile.TemporaryDirectory() as d:
@@ -424,6 +451,3 @@ def export_model(detector: Detector, # the model to export
             report.map50_fp32 = detector_map50(load_onnx_detector(fp32), val)
             report.map50_int8 = detector_map50(load_onnx_detector(raw8), val)
     return report
-
-# %% ../nbs/10a_export.ipynb
-EXIT_USAGE, EXIT_MISSING_PACKAGE, EXIT_OUTPUT = 2, 3, 4

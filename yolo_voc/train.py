@@ -26,8 +26,8 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .boxes import ANCHORS, CLASS_RULE_OF_LOSS, VOC_CLASSES, Decoding, postprocess, unletterbox_boxes
-from .checkpoint import (CheckpointError, atomic_write, check_checkpoint_fits, checkpoint_decoding, load_checkpoint_file,
-                                 read_checkpoint)
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write, check_checkpoint_fits, check_resumable
+from .checkpoint import checkpoint_decoding, file_kind, load_checkpoint_file, migrate_checkpoint, read_checkpoint
 from .data import VOCDataModule, encode_targets, gather_from_ranks, images_to_float
 from .loss import YoloLoss
 from .lr_find import LRFile, LRFinderResult, make_scheduler, suggest_lr
@@ -75,8 +75,11 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> str:
     "Load a Darknet `.weights` file or a yolo_voc checkpoint into `model` (what fits); return a one-line account."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: no such pretrained weights file")
-    with open(path, "rb") as f: zipped = f.read(4) == b"PK\x03\x04"
-    if not zipped:  # Darknet: a small header, then float32 weights
+    kind = file_kind(path)
+    if kind in ("onnx", "torchscript"):
+        raise CheckpointError(f"{path}: an {'ONNX' if kind == 'onnx' else 'TorchScript'} export, whose weights training "
+                              "can't read: pass the .ckpt or weights file it was exported from, or a Darknet .weights file")
+    if kind != "torch":  # Darknet: a small header, then float32 weights
         from yolo_voc.darknet import load_darknet
         info = load_darknet(model, path)
         return (f"{path}: {len(info.loaded)} Darknet convolutions loaded"
@@ -91,21 +94,20 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> str:
     model.load_state_dict(fits, strict=False)
     return f"{path}: {len(fits)} of {len(own)} weights loaded ({len(own) - len(fits)} kept as initialised)"
 
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as f: return f.read(4) == b"PK\x03\x04"
-
 def pretrained_decoding(path: str | os.PathLike | None, # the `pretrained` file (None: none)
                         num_classes: int, width_mult: float = 1.0, depth_mult: float = 1.0, backbone: str = "darknet53",
                        ) -> Decoding | None:
     "The decoding that `path`'s prediction heads were trained with when loading it keeps them (same class count), else None."
     if not path or not Path(path).is_file(): return None  # load_pretrained says what is wrong when it runs
     path = Path(path)
-    if not _is_zip(path):
+    kind = file_kind(path)
+    if kind == "darknet":
         from yolo_voc.darknet import DARKNET_DECODING, DarknetError, darknet_layout
         if backbone != "darknet53": return None
         try: layout = darknet_layout(path, width_mult, depth_mult)
         except (DarknetError, OSError): return None
         return DARKNET_DECODING if layout.kind == "full" and layout.num_classes == num_classes else None
+    if kind != "torch": return None
     try: ck = read_checkpoint(path)
     except (CheckpointError, OSError): return None
     with torch.device("meta"): own = YOLOv3(num_classes, width_mult, depth_mult, backbone).state_dict()
@@ -263,13 +265,15 @@ class YoloModule(pl.LightningModule):
         self.check_finite()  # never write weights that came from a non-finite step
         checkpoint["yolo_voc"] = dict(num_classes=self.hparams.num_classes, width_mult=self.hparams.width_mult,
                                       depth_mult=self.hparams.depth_mult, backbone=self.hparams.backbone,
-                                      class_names=self.class_names, max_lr=self.hparams.max_lr,
+                                      class_names=self.class_names, max_lr=self.hparams.max_lr, format=CHECKPOINT_FORMAT,
                                       decoding=self.decoding.to_dict())
 
     def on_load_checkpoint(self, checkpoint):
-        "Refuse a checkpoint of another model; then decode (and go on training) as the checkpoint's model was trained."
         path = checkpoint.get("_path", "checkpoint")
         check_checkpoint_fits(checkpoint, self, path)
+        if self._fitting():  # Lightning restores the schedule after this hook: bring it to this version's format first
+            for note in migrate_checkpoint(checkpoint, path): rank_zero_info(note)
+        # decode (and go on training) as the checkpoint's model was trained; older checkpoints: their class_loss
         saved = checkpoint_decoding(checkpoint, path)
         asked = self._class_loss_asked
         if asked is not None and CLASS_RULE_OF_LOSS[asked] != saved.class_rule:
@@ -277,6 +281,10 @@ class YoloModule(pl.LightningModule):
                                   f"{'bce' if saved.class_rule == 'logistic' else 'ce'}), but this run asks for class_loss={asked}; "
                                   "drop --model.class_loss or start a new run")
         self._set_decoding(saved)
+
+    def _fitting(self) -> bool:
+        try: return self.trainer.state.fn == "fit"
+        except RuntimeError: return False  # not attached to a Trainer (`YoloModule.load_from_checkpoint`)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _map_this_epoch(self) -> bool:
@@ -803,6 +811,7 @@ class YoloCLI(LightningCLI):
         self.device = detect_device()
         self.synthetic = requested_data_root(self.argv) is None
         self.plan: RunPlan | None = None
+        self.migrated_hparams: dict = {}  # what `migrate_checkpoint` changed in the resumed checkpoint's settings
         quiet_lightning_tips()
         kwargs.setdefault("seed_everything_default", 0)
         config_file = "config.yaml" if self.command == "fit" else f"{self.command.replace('-', '_')}_config.yaml"
@@ -836,7 +845,20 @@ class YoloCLI(LightningCLI):
         os.environ["YOLO_VOC_RUN_PLAN"] = json.dumps(dict(self.plan.__dict__, parent=os.getpid()))
         cfg["trainer.default_root_dir"] = self.plan.run_dir
         if "ckpt_path" in cfg: cfg["ckpt_path"] = self.plan.ckpt_path
-        if self.plan.ckpt_path: load_checkpoint_file(self.plan.ckpt_path)  # a clear error before Lightning reads it
+        if self.plan.ckpt_path:
+            ckpt = load_checkpoint_file(self.plan.ckpt_path)  # a clear error before Lightning reads it
+            if self.command == "fit":  # refused now if it can't be resumed exactly, not after the data check
+                check_resumable(ckpt, self.plan.ckpt_path)
+                before = dict(ckpt.get("hyper_parameters") or {})
+                migrate_checkpoint(ckpt, self.plan.ckpt_path)
+                after = ckpt.get("hyper_parameters") or {}
+                self.migrated_hparams = {k: v for k, v in after.items() if k in before and before[k] != v}
+
+    def before_instantiate_classes(self):
+        "The resumed checkpoint's settings (read by LightningCLI from the file) in their current meaning."
+        model = self.section(self.config).get("model")
+        for key, value in self.migrated_hparams.items():
+            if model is not None and key in model: model[key] = value
 
     def instantiate_trainer(self, **kwargs):
         cfg, run_dir = self.section(self.config_init), Path(self.plan.run_dir)
@@ -846,7 +868,8 @@ class YoloCLI(LightningCLI):
         if cfg.get("tensorboard"):
             from pytorch_lightning.loggers import TensorBoardLogger
             try: extra.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-            except ModuleNotFoundError as e: raise TrainingError(f"--tensorboard needs tensorboard: pip install tensorboard ({e})") from None
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard", name="tensorboard") from None
         kwargs["logger"] = False if user is False else [RunLogger(run_dir)] + extra  # the run's own files stay first
         kwargs["plugins"] = [AtomicCheckpointIO()] + list(trainer_cfg.get("plugins") or [])
         from yolo_voc.plots import PredictionImages
