@@ -30,10 +30,17 @@ def mirror(tars):
 
 @pytest.fixture
 def simulated_md5(monkeypatch, tars):
-    "Simulated: the MD5 table set to the synthetic tars' hashes (the real table holds the official values)."
+    "Simulated: the table's sizes and MD5s set to the synthetic tars' (the real table holds the official values)."
     for year, files in download.VOC_FILES.items():
-        monkeypatch.setitem(download.VOC_FILES, year,
-                            tuple(dataclasses.replace(f, md5=hashlib.md5(tars[f.name]).hexdigest()) for f in files))
+        monkeypatch.setitem(download.VOC_FILES, year, tuple(dataclasses.replace(
+            f, md5=hashlib.md5(tars[f.name]).hexdigest(), size=len(tars[f.name])) for f in files))
+
+
+@pytest.fixture
+def simulated_size(monkeypatch, tars):
+    "Simulated: the table's sizes set to the synthetic tars', the MD5s left official (a same-size file with other bytes)."
+    for year, files in download.VOC_FILES.items():
+        monkeypatch.setitem(download.VOC_FILES, year, tuple(dataclasses.replace(f, size=len(tars[f.name])) for f in files))
 
 
 def md5(data: bytes) -> str: return hashlib.md5(data).hexdigest()
@@ -48,7 +55,16 @@ def test_official_table():
     with pytest.raises(DownloadError, match="VOC2010: no official detection files"): download.voc_files(["2007", "2010"])
 
 
-def test_md5_mismatch_refused(tmp_path, mirror, tars):
+def test_size_mismatch_refused_before_downloading(tmp_path, mirror, tars):
+    "The official table: the synthetic tar's size differs, so it is refused from its headers, and nothing is written."
+    url, handler = mirror
+    with pytest.raises(DownloadError) as e: download_voc(tmp_path, "2007", base_url=url, progress=False)
+    assert str(e.value) == (f"{url}/{TRAINVAL}: the server's file has {len(tars[TRAINVAL]):,} bytes, not the expected "
+                            "460,032,000; not downloaded")
+    assert list(tmp_path.iterdir()) == [] and handler.log == [(TRAINVAL, None)]
+
+
+def test_md5_mismatch_refused(tmp_path, mirror, tars, simulated_size):
     url, handler = mirror
     with pytest.raises(DownloadError) as e: download_voc(tmp_path, "2007", base_url=url, progress=False)
     msg = str(e.value)
@@ -208,7 +224,7 @@ def test_cli_no_checksum_then_check(tmp_path, mirror):
 
 
 @needs_cli
-def test_cli_mismatch_exit_1(tmp_path, mirror, capsys):
+def test_cli_mismatch_exit_1(tmp_path, mirror, capsys, simulated_size):
     url, _ = mirror
     root = tmp_path / "data"
     assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base-url", url]) == 1

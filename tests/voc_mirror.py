@@ -3,6 +3,7 @@ import hashlib
 import http.server
 import io
 import re
+import sys
 import tarfile
 import threading
 import time
@@ -16,8 +17,10 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
     """Serves `files` (name -> bytes) as a web server does: an ETag (the MD5) and a Last-Modified date, `Range: bytes=N-`
     honoured unless `If-Range` names another version. `cut[name] = n` sends only n bytes of the next answer; names in
     `ignore_range` always get the whole file (200); `no_validators` sends no ETag or Last-Modified; `delay` seconds
-    between 64 kB chunks make a slow server. `log` records (name, Range), `if_range` the If-Range values received."""
-    files, cut, log, if_range, ignore_range, no_validators, delay = {}, {}, [], [], set(), False, 0.0
+    between 64 kB chunks make a slow server; after `down_after` requests, every answer is 503 (a server that went down).
+    `log` records (name, Range), `if_range` the If-Range values received."""
+    files, cut, log, if_range, ignore_range, no_validators, delay, down_after, requests = \
+        {}, {}, [], [], set(), False, 0.0, None, [0]
 
     def log_message(self, *args): pass
 
@@ -25,6 +28,9 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         name = self.path.lstrip("/")
         self.log.append((name, self.headers.get("Range")))
         if self.headers.get("If-Range"): self.if_range.append(self.headers["If-Range"])
+        self.requests[0] += 1
+        if self.down_after is not None and self.requests[0] > self.down_after:
+            return self.send_error(503, "Service Unavailable")
         if name not in self.files: return self.send_error(404, "Not Found")
         data, start = self.files[name], 0
         etag, modified = f'"{hashlib.md5(data).hexdigest()}"', formatdate(1_000_000_000 + len(data), usegmt=True)
@@ -53,11 +59,17 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             if self.delay: time.sleep(self.delay)
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    "A threaded HTTP server that does not print a traceback when a client hangs up early (a refused download does)."
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)): super().handle_error(request, client_address)
+
+
 def serve(files: dict, **settings):
     "Start a mirror of `files` on 127.0.0.1: (base URL, handler class, server); `settings` override MirrorHandler's."
-    attrs = {"files": dict(files), "cut": {}, "log": [], "if_range": [], "ignore_range": set()} | settings
+    attrs = {"files": dict(files), "cut": {}, "log": [], "if_range": [], "ignore_range": set(), "requests": [0]} | settings
     handler = type("Handler", (MirrorHandler,), attrs)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}", handler, server

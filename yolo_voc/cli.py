@@ -212,32 +212,58 @@ def check(argv: list[str]) -> int:
 # %% ../nbs/11_cli.ipynb
 @command("download")
 def download(argv: list[str]) -> int:
-    "Download a dataset: `download voc ROOT` fetches Pascal VOC 2007/2012 into ROOT/VOCdevkit (MD5-checked, resumable)."
-    from yolo_voc.download import DownloadError, RootConflict, RootError, download_voc
-    p = command_parser("download", download.__doc__,
-                       "download: 1 a download, checksum or tar that can't be used; 2 also a ROOT that holds files of\n"
-                       "yours the tars would replace; 3 ROOT can't be written (read-only, full, a file, another run on\n"
-                       "it); after 130 (Ctrl-C) the same command again goes on: downloads resume.")
-    p.add_argument("dataset", choices=["voc"], help="the dataset: voc (Pascal VOC)")
-    p.add_argument("root", type=Path, help="the folder to put VOCdevkit/ in (created)")
-    p.add_argument("--years", nargs="+", default=["2007", "2012"], choices=["2007", "2012"],
-                   help="2007: VOC2007 trainval + test; 2012: VOC2012 trainval (default: both)")
-    p.add_argument("--base-url", default=None, help="a mirror that serves the official file names")
-    p.add_argument("--no-checksum", action="store_true", help="skip the MD5 check (for repacked mirrors)")
+    "Download data or weights: `download voc ROOT` (Pascal VOC 2007+2012), `download darknet53|yolov3 ROOT` (Darknet's weights)."
+    from yolo_voc.download import (CACHE_ENV, KEEP_TARS_FACTOR, WEIGHTS_FILES, DownloadError, RootConflict, RootError,
+                                   download_voc, download_weights)
+    p = command_parser("download", download.__doc__ + " Checked (size, published MD5, and Darknet's layout for weights), "
+                       "resumable, from mirrors tried in order.",
+                       "download: 1 a download, checksum, tar or weights file that can't be used; 2 also a ROOT that holds\n"
+                       "files of yours the download would replace; 3 ROOT or the cache can't be written (read-only, full, a\n"
+                       "file, another run on it); after 130 (Ctrl-C) the same command again goes on: downloads resume.")
+    p.add_argument("what", choices=["voc", *WEIGHTS_FILES], metavar="WHAT",
+                   help="voc: Pascal VOC into ROOT/VOCdevkit; darknet53: darknet53.conv.74, the ImageNet-trained backbone; "
+                        "yolov3: yolov3.weights, YOLOv3 trained on COCO (80 classes)")
+    p.add_argument("root", type=Path, help="the folder to download into (created)")
+    p.add_argument("--years", nargs="+", default=None, choices=["2007", "2012"],
+                   help="voc: 2007 gives VOC2007 trainval + test, 2012 VOC2012 trainval (default: both)")
+    p.add_argument("--base-url", action="append", default=None, metavar="URL",
+                   help="a mirror serving the official file names; repeat it to try several in order (default: the "
+                        "official server, then the known mirrors)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help=f"download into DIR and keep the files there for later runs and sessions (a Google Drive folder "
+                        f"on Colab): voc is extracted from it, weights are copied from it (default: ${CACHE_ENV}, else none)")
+    tars = p.add_mutually_exclusive_group()
+    tars.add_argument("--delete-tars", dest="delete_tars", action="store_const", const=True, default=None,
+                      help=f"voc: delete each tar in ROOT once it is extracted (default: where disk is scarce: Kaggle, "
+                           f"Colab, or less than {KEEP_TARS_FACTOR}x the tars' size left free after extraction); the cache "
+                           "is never deleted")
+    tars.add_argument("--keep-tars", dest="delete_tars", action="store_const", const=False, help="voc: keep the tars in ROOT")
+    p.add_argument("--no-checksum", action="store_true",
+                   help="skip the size and MD5 checks (voc: repacked mirrors; weights: skip the MD5, size and layout are still checked)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    prog = "yolo-voc download"
-    try: devkit = download_voc(a.root, a.years, a.base_url, checksum=not a.no_checksum, progress=not a.no_progress)
+    if a.what != "voc" and (a.years or a.delete_tars is not None):
+        p.error(f"--years, --delete-tars and --keep-tars are for voc, not {a.what}")
+    prog, years = "yolo-voc download", a.years or ["2007", "2012"]
+    try:
+        if a.what == "voc":
+            got = download_voc(a.root, years, a.base_url, checksum=not a.no_checksum, progress=not a.no_progress,
+                               cache=a.cache, delete_tars=a.delete_tars)
+        else: got = download_weights(a.what, a.root, a.base_url, not a.no_checksum, not a.no_progress, a.cache)
     except RootConflict as e:  # ROOT refused: the user's files, or a link
         print(f"{prog}: {e}", file=sys.stderr); return 2
-    except DownloadError as e:  # a server, a checksum, a tar
+    except DownloadError as e:  # a server, a checksum, a tar, a weights file
         print(f"{prog}: {e}", file=sys.stderr); return 1
-    except OSError as e:  # writing ROOT (RootError names the path and what to do)
+    except OSError as e:  # writing ROOT or the cache (RootError names the path and what to do)
         msg = str(e) if isinstance(e, RootError) or not (e.filename and e.strerror) else f"{e.filename}: {e.strerror}"
         print(f"{prog}: {msg}", file=sys.stderr); return 3
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to go on (downloads resume)", file=sys.stderr); return 130
-    print(f"Pascal VOC {'+'.join(a.years)} in {devkit}; train with: yolo-voc fit --data.root {a.root}")
+    if a.what == "voc": print(f"Pascal VOC {'+'.join(years)} in {got}; train with: yolo-voc fit --data.root {a.root}")
+    else:
+        use = (f"yolo-voc fit --data.root DATA --model.pretrained {got.path}" if a.what == "darknet53" else
+               f"yolo-voc predict --ckpt {got.path} --out OUT IMAGES")
+        print(f"{got}\nuse it with: {use}")
     return 0
 
 # %% ../nbs/11_cli.ipynb
