@@ -223,7 +223,7 @@ def download(argv: list[str]) -> int:
     p.add_argument("what", choices=["voc", *WEIGHTS_FILES], metavar="WHAT",
                    help="voc: Pascal VOC into ROOT/VOCdevkit; darknet53: darknet53.conv.74, the ImageNet-trained backbone; "
                         "yolov3: yolov3.weights, YOLOv3 trained on COCO (80 classes)")
-    p.add_argument("root", type=Path, help="the folder to download into (created)")
+    p.add_argument("root", type=Path, metavar="ROOT", help="the folder to download into (created)")
     p.add_argument("--years", nargs="+", default=None, choices=["2007", "2012"],
                    help="voc: 2007 gives VOC2007 trainval + test, 2012 VOC2012 trainval (default: both)")
     p.add_argument("--base-url", action="append", default=None, metavar="URL",
