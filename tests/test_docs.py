@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import nbformat
 import pytest
+import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,13 +280,31 @@ def notebooks():
     return out
 
 
+def sidebar_notebooks() -> list[str]:
+    "The notebooks of the committed nbs/sidebar.yml, in its order (the YOLO story, then engineering, then tutorials)."
+    def walk(items):
+        for it in items:
+            if isinstance(it, str): yield it
+            else: yield from walk(it["contents"])
+    return list(walk(yaml.safe_load((ROOT / "nbs" / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]))
+
+
+def test_sidebar_sections():
+    "The sidebar has the YOLO story first, then the engineering section, then the tutorials; settings.ini keeps it."
+    contents = yaml.safe_load((ROOT / "nbs" / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]
+    assert contents[0] == "index.ipynb"
+    assert [c["section"] for c in contents[1:]] == ["The YOLO story", "Engineering", "Tutorials"]
+    assert all(n.startswith("engineering/") for n in contents[2]["contents"])
+    assert "custom_sidebar = True" in (ROOT / "settings.ini").read_text()
+
+
 def test_site_pages_and_links(site):
     pages = check_site(site)
     want = notebooks()
     assert sorted(pages) == sorted(want.values())
-    # every page has the same navigation: nbdev's sidebar.yml order (index first, then by name, folders as sections)
-    order = ["index.html"] + [want[k] for k in sorted(want) if k != "index.ipynb" and "/" not in k] + \
-            [want[k] for k in sorted(want) if "/" in k]
+    # every page has the same navigation: the committed nbs/sidebar.yml (custom_sidebar), which lists every notebook once
+    order = [want[k] for k in sidebar_notebooks()]
+    assert sorted(sidebar_notebooks()) == sorted(want), "nbs/sidebar.yml must list every notebook exactly once"
     for name in pages:
         side = (site / name).read_text().split('<nav class="sidebar">')[1].split("</nav>")[0]
         prefix = "../" * name.count("/")
