@@ -11,7 +11,7 @@ The YOLOv3 recipe in miniature. The YOLOv3 paper starts the detector from a back
    random weights, once with the source backbone loaded by `yolo_voc.darknet.load_darknet` (the neck and the
    heads start from random weights in both).
 
-Both use the library's training path (`yolo_voc.train.YoloModule` + `make_trainer`, `yolo_voc.data.VOCDataModule`)
+Both use the library's training path (`yolo_voc.train.YoloModule` + `callbacks.make_trainer`, `yolo_voc.data.VOCDataModule`)
 with a narrow YOLOv3 (width 0.25, depth 0.33) at 192 px on the CPU, and are evaluated on the target set's test
 split after every epoch (`map50`: the VOC2007 11-point mAP at IoU 0.5 of `yolo_voc.metrics.MeanAveragePrecision`).
 The synthetic classes differ by colour, so training uses `SYNTHETIC_AUGMENT` (no hue or channel changes).
@@ -41,7 +41,8 @@ import torch
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.darknet import load_darknet, save_darknet
 from yolo_voc.data import SYNTHETIC_AUGMENT, VOCDataModule, synthetic_dataset
-from yolo_voc.train import YoloModule, make_trainer
+from yolo_voc.train import YoloModule
+from yolo_voc.callbacks import make_trainer
 
 
 def map50_curve(run_dir: Path) -> list[float]:

@@ -2,7 +2,7 @@
 
 Trains a tiny `YoloModule` (width 0.125, depth 0.33, 96 px, batch 4, 20 classes) on a small synthetic VOC dataset
 (`--images` 160 x 120 JPEGs made in a temporary folder; 80% train, 20% validation) through the project's own
-Lightning `Trainer` (`yolo_voc.train.make_trainer`: run logger, LR file, last/best checkpoints) for `--steps`
+Lightning `Trainer` (`yolo_voc.callbacks.make_trainer`: run logger, LR file, last/best checkpoints) for `--steps`
 optimizer steps (`max_steps`), with `num_workers=0` so that all the work is in this process, validation with
 mAP every `--val-every` epochs. The resident set size (RSS; psutil when it is installed, else /proc/self/statm)
 is sampled after a `gc.collect()` at the end of warm-up (`--warmup`, step 200), every `--every` (250) steps and
@@ -39,7 +39,8 @@ from pytorch_lightning.callbacks import Callback
 
 from conditions import Conditions, add_arguments, describe, save_results
 from yolo_voc.data import VOCDataModule
-from yolo_voc.train import YoloModule, make_trainer
+from yolo_voc.train import YoloModule
+from yolo_voc.callbacks import make_trainer
 from yolo_voc.synthetic import make_synthetic_voc
 
 

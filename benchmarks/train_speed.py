@@ -28,7 +28,7 @@ run measures, in this order:
     no peak is known and `mfu` is null. `tflops_end_to_end` and `mfu_end_to_end`: the same at the end-to-end rate.
 (d) `eval_seconds`: one evaluation pass over `--eval-images` images (the generated images cycled; default 4952,
     the size of VOC2007 test, on CUDA, and 32 on CPU): DataLoader with letterbox transforms, batched forward in
-    eval mode (bf16 autocast and channels-last on CUDA) under `inference_mode`, `boxes.postprocess`,
+    eval mode (bf16 autocast and channels-last on CUDA) under `inference_mode`, `decode.postprocess`,
     `unletterbox_boxes`, and `MeanAveragePrecision` (voc07 + coco) update and compute. The model weights are
     random, so by default the confidence threshold is 0 (`--eval-conf`): every image keeps up to 100 detections,
     about what a trained model gives at the usual 0.01 and the worst case for NMS and mAP.
@@ -73,8 +73,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from conditions import Conditions, add_arguments, describe, save_results
-from yolo_voc.boxes import ANCHORS, STRIDES, Decoding, postprocess, unletterbox_boxes
-from yolo_voc.data import VOCDataModule, VOCDataset, collate, encode_targets, images_to_float, worker_init
+from yolo_voc.boxes import ANCHORS, STRIDES, Decoding, unletterbox_boxes
+from yolo_voc.decode import postprocess
+from yolo_voc.data import VOCDataModule, VOCDataset, collate, images_to_float, worker_init
+from yolo_voc.loss import encode_targets
 from yolo_voc.loss import YoloLoss
 from yolo_voc.metrics import MeanAveragePrecision
 from yolo_voc.model import YOLOv3

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_voc.boxes import VOC_CLASSES, decode_outputs
+from yolo_voc.boxes import VOC_CLASSES
+from yolo_voc.decode import decode_outputs
 from yolo_voc.darknet import (COCO_CLASSES, DARKNET_DECODING, DarknetError, darknet_cfg, darknet_class_names, darknet_layout,
                               load_darknet, model_from_darknet, save_darknet)
 from yolo_voc.model import YOLOv3

@@ -3,7 +3,7 @@
 `benchmarks/darknet_opencv.py` writes a narrow YOLOv3 (3 classes, width 0.125, depth 0.33) as `.weights` + cfg,
 runs it through `cv2.dnn.readNetFromDarknet` in an OpenCV 4 Python (`$YOLO_VOC_OPENCV4_PYTHON`, which `.ci/run`
 makes; else a venv in ~/.cache/yolo_voc, made here) and compares every box, objectness and class score with
-`load_detector(path.weights, image_size=S)` and `boxes.decode_outputs` at 416 and 608. The full-width 80-class
+`load_detector(path.weights, image_size=S)` and `decode.decode_outputs` at 416 and 608. The full-width 80-class
 figures come from the same script (`python benchmarks/darknet_opencv.py --json`).
 """
 import sys

@@ -5,7 +5,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from yolo_voc.boxes import cxcywh_to_xyxy, unletterbox_boxes
-from yolo_voc.data import EpochSampler, VOCDataModule, VOCDataset, collate, encode_targets, synthetic_dataset
+from yolo_voc.data import EpochSampler, VOCDataModule, VOCDataset, collate, synthetic_dataset
+from yolo_voc.loss import encode_targets
 from yolo_voc.synthetic import make_synthetic_voc
 from yolo_voc.voc import DatasetError, load_annotations
 

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from yolo_voc import train
-from yolo_voc.boxes import VOC_CLASSES, Decoding, decode_outputs, postprocess
+from yolo_voc.boxes import VOC_CLASSES, Decoding
+from yolo_voc.decode import decode_outputs, postprocess
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.data import VOCDataModule
 from yolo_voc.predict import load_detector
-from yolo_voc.train import YoloModule, make_trainer
+from yolo_voc.train import YoloModule
+from yolo_voc.callbacks import make_trainer
 
 from tiny_models import CFG, tiny_model
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_voc.boxes import box_iou, postprocess, unletterbox_boxes
+from yolo_voc.boxes import box_iou, unletterbox_boxes
+from yolo_voc.decode import postprocess
 from yolo_voc.checkpoint import save_weights
 from yolo_voc.model import YOLOv3
 from yolo_voc.cli import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OUTPUT, EXIT_USAGE, export_main

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from yolo_voc.boxes import postprocess, unletterbox_boxes
+from yolo_voc.boxes import unletterbox_boxes
+from yolo_voc.decode import postprocess
 from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view

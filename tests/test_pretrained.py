@@ -81,7 +81,7 @@ def test_kept_darknet_heads_train_with_darknet_conventions(tmp_path):
     "A full Darknet file with the model's class count: BCE classes and yolov3.cfg's pixel anchors at every input size."
     from yolo_voc.boxes import Decoding
     from yolo_voc.darknet import DARKNET_ANCHORS, DARKNET_DECODING
-    from yolo_voc.data import encode_targets
+    from yolo_voc.loss import encode_targets
     from yolo_voc.loss import YoloLoss
     torch.manual_seed(4)
     save_darknet(YOLOv3(4, **W), tmp_path / "four.weights")

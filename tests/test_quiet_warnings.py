@@ -45,15 +45,15 @@ def test_fit_prints_no_library_noise_and_keeps_other_warnings(tmp_path):
 
 def test_importing_training_changes_no_warning_filter():
     "The filter is set when a run is put together (`YoloCLI`, `make_trainer`), not by importing the library."
-    code = ("import warnings; import yolo_voc.train, yolo_voc.cli; "
+    code = ("import warnings; import yolo_voc.callbacks, yolo_voc.cli; "
             "ours = [f for f in warnings.filters if f[1] is not None and 'LeafSpec' in f[1].pattern]; assert not ours, ours; "
-            "yolo_voc.train.quiet_lightning_tips(); assert [f for f in warnings.filters if f[1] and 'LeafSpec' in f[1].pattern]")
+            "yolo_voc.callbacks.quiet_lightning_tips(); assert [f for f in warnings.filters if f[1] and 'LeafSpec' in f[1].pattern]")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_make_trainer_filters_only_lightnings_pytree_warning(tmp_path):
-    from yolo_voc.train import make_trainer
+    from yolo_voc.callbacks import make_trainer
     make_trainer(tmp_path, accelerator="cpu", enable_progress_bar=False)
     message = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and treespec.is_leaf()` instead."
     with warnings.catch_warnings(record=True) as caught:

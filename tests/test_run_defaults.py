@@ -16,7 +16,7 @@ import yaml
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.lr_find import LRFile, OneCycleThenConstant
 from yolo_voc.synthetic import make_synthetic_voc
-from yolo_voc.train import KNOWN_GPUS, detect_device, run_defaults
+from yolo_voc.runs import KNOWN_GPUS, detect_device, run_defaults
 
 TINY = ["--model.width_mult", "0.125", "--model.depth_mult", "0.33", "--data.image_size", "96", "--data.batch_size", "8",
         "--data.num_workers", "0", "--data.synthetic_images", "32", "--data.synthetic_classes", "4",
@@ -78,7 +78,8 @@ def test_gpu_configuration_trains_two_steps_on_cpu(monkeypatch, tmp_path):
     "Exactly what `fit` would train on an H100 (full width and depth, 416 px, 20 classes, channels-last), for 2 optimizer"
     " steps on the CPU: only the device and precision change (32-true), and the batch (2 images instead of 64, for memory)."
     from yolo_voc.data import VOCDataModule
-    from yolo_voc.train import YoloModule, make_trainer
+    from yolo_voc.train import YoloModule
+    from yolo_voc.callbacks import make_trainer
     fake_cuda(monkeypatch, KNOWN_GPUS["H100"])
     d = run_defaults(detect_device(), synthetic=True)
     monkeypatch.undo()  # back to the real (CPU-only) torch for the run itself
@@ -194,7 +195,8 @@ def test_ddp_lr_finder_runs_once(tmp_path):
 def test_plain_loop_learns():
     "fit_plain (the Lightning module's loss) beats the untrained model on the same validation data by a clear margin."
     from yolo_voc.data import VOCDataModule
-    from yolo_voc.train import YoloModule, evaluate, fit_plain
+    from yolo_voc.train import YoloModule
+    from yolo_voc.loop import evaluate, fit_plain
     torch.manual_seed(0)
     dm = VOCDataModule(None, image_size=128, batch_size=8, num_workers=0, synthetic_images=64, synthetic_classes=4,
                        mosaic_prob=0.0)

@@ -15,8 +15,9 @@ import torch
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.data import VOCDataModule
 from yolo_voc.lr_find import LRFile
-from yolo_voc.train import (CheckpointError, TrainingError, YoloModule, check_checkpoint_fits, load_checkpoint_file,
-                            make_trainer)
+from yolo_voc.callbacks import make_trainer
+from yolo_voc.checkpoint import CheckpointError, check_checkpoint_fits, load_checkpoint_file
+from yolo_voc.train import TrainingError, YoloModule
 
 CLASSES = VOC_CLASSES[:4]
 TINY = dict(num_classes=4, class_names=CLASSES, width_mult=0.125, depth_mult=0.33, image_size=96)

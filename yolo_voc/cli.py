@@ -274,9 +274,9 @@ def lightning_help(epilog: str = EXIT_STATUS_HELP) -> dict:
     return dict(epilog=epilog, formatter_class=KeepEpilogLines)
 
 def train_command(subcommand: str, doc: str) -> Callable[[list[str]], int]:
-    "A `COMMANDS` entry running `yolo_voc.train.YoloCLI` for `subcommand`."
+    "A `COMMANDS` entry running `yolo_voc.lightning_cli.YoloCLI` for `subcommand`."
     def run(argv: list[str]) -> int:
-        from yolo_voc.train import YoloCLI
+        from yolo_voc.lightning_cli import YoloCLI
         args = [subcommand] + list(argv)
         # from the console script LightningCLI reads sys.argv itself (and warns when given both)
         YoloCLI(args=None if sys.argv[1:] == args else args,
@@ -292,7 +292,8 @@ train_command("test", "Test a checkpoint (LightningCLI): --ckpt_path CKPT|last|b
 @command("lr-find")
 def lr_find(argv: list[str]) -> int:
     "Run the LR range test on the configured model and data; writes lr_find.json/png to a run folder."
-    from yolo_voc.train import MaxLRFinder, RunReport, YoloCLI
+    from yolo_voc.lightning_cli import YoloCLI
+    from yolo_voc.callbacks import MaxLRFinder, RunReport
     cli = YoloCLI(args=list(argv), run=False, command="lr-find", parser_kwargs=lightning_help())
     cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, RunReport)]  # no training to report
     finder = next((c for c in cli.trainer.callbacks if isinstance(c, MaxLRFinder)), None)

@@ -21,7 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .boxes import STRIDES, Decoding, decode_outputs
+from .boxes import STRIDES, Decoding
+from .decode import decode_outputs
 from .checkpoint import CheckpointError, atomic_write, save_weights
 from .predict import Detector, UnsafeOutputError, letterbox_image, list_images, load_image, to_tensor
 
@@ -168,7 +169,7 @@ def padded_detections(boxes: torch.Tensor, # [B, N, 4] xyxy input pixels, from `
                       size: torch.Tensor, # [4] the input's (width, height, width, height): boxes are clipped to it
                       nms: NmsSettings, # thresholds and sizes
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    "`boxes.postprocess` with fixed-size outputs: boxes `[B, K, 4]`, scores `[B, K]`, labels `[B, K]` (-1 pads), counts `[B]`."
+    "`decode.postprocess` with fixed-size outputs: boxes `[B, K, 4]`, scores `[B, K]`, labels `[B, K]` (-1 pads), counts `[B]`."
     batch, n = obj.shape
     cls_prob, labels = cls.max(-1)
     scores = obj * cls_prob  # [B, N]

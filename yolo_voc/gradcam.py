@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .boxes import Letterbox, decode_outputs, letterbox_boxes
+from .boxes import Letterbox, letterbox_boxes
+from .decode import decode_outputs
 from .predict import Detections, Detector, draw_detections, list_images, load_image
 
 # %% auto 0

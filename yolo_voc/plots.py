@@ -348,7 +348,7 @@ def _prediction_images_class():
     import torch
     from pytorch_lightning.callbacks import Callback
     from pytorch_lightning.utilities import rank_zero_only
-    from yolo_voc.boxes import postprocess
+    from yolo_voc.decode import postprocess
 
     class PredictionImages(Callback):
         "After each validation, draw the model's detections on the first `n` validation images to `plots/`."

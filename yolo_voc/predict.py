@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .boxes import STRIDES, Decoding, Letterbox, letterbox_params, postprocess, unletterbox_boxes
+from .boxes import STRIDES, Decoding, Letterbox, letterbox_params, unletterbox_boxes
+from .decode import postprocess
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint
 from .plots import draw_boxes
 from .transforms import PAD_VALUE, eval_transforms, orient
