@@ -126,6 +126,38 @@ def test_index_speed_json(tmp_path):
     saved(tmp_path, "index_speed", r)
 
 
+def test_infer_speed_json(tmp_path):
+    "The CI mode: a tiny model, every CPU engine that is installed, batch 1 and 2, each engine's mAP50 against eager."
+    r = run_json("infer_speed.py", "--width-mult", "0.125", "--depth-mult", "0.33", "--size", "64", "--batches", "1", "2",
+                 "--repeats", "3", "--warmup", "1", "--calib-images", "2", "--val-images", "4", "--no-cuda",
+                 "--save-results", "--results-dir", str(tmp_path), timeout=600)
+    keys = {row["key"] for row in r["results"] if "key" in row and not row["key"].startswith("Detector.predict")}
+    expected = {"eager"}
+    if r["conditions"]["state"]["versions"]["onnxruntime"]: expected |= {"onnx_fp32", "onnx_int8"}
+    try:
+        import openvino  # noqa: F401
+        expected |= {"openvino_f32", "openvino_int8", "openvino_int8_nncf"}
+        if "BF16" in r["openvino_cpu_capabilities"]: expected.add("openvino_bf16")
+        else: assert "openvino_bf16" not in keys  # not available here: not timed
+    except ImportError:
+        pass
+    assert keys == expected
+    assert {(row["key"], row["batch"]) for row in r["results"] if row["key"] in keys} == {(k, b) for k in keys for b in (1, 2)}
+    for k in keys - {"eager"}:
+        for b in (1, 2):
+            ratio = r["ratios"][f"{k}_vs_eager_batch{b}"]
+            ms = {row["key"]: row["per_image_ms"] for row in r["results"] if row["batch"] == b and row["key"] in keys}
+            assert ratio == pytest.approx(ms[k] / ms["eager"], rel=0.02, abs=0.002)
+    assert set(r["accuracy"]) == keys and r["accuracy"]["eager"]["map50_vs_eager"] == 1.0
+    for k in {"onnx_fp32", "openvino_f32"} & keys: assert r["accuracy"][k]["map50_vs_eager"] > 0.99  # fp32: the same boxes
+    assert set(r["cpu_flags"]) >= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}
+    assert "fastest" in r["goals"] and r["goals"]["fastest"]["engine"] in keys
+    check_conditions(r["conditions"], {f"{k}_batch{b}" for k in keys for b in (1, 2)}
+                     | {row["key"] for row in r["results"] if row["key"].startswith("Detector.predict")})
+    doc = saved(tmp_path, "infer_speed", r)
+    assert doc["config"]["batches"] == [1, 2] and doc["config"]["val_images"] == 4
+
+
 # -- benchmarks/conditions.py -------------------------------------------------------------------------
 def test_machine_id_and_cpu_model(tmp_path):
     info = tmp_path / "cpuinfo"
