@@ -114,9 +114,10 @@ def calibrate_heads(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Mo
 
 
 def map50(detections, truth, num_classes: int) -> float:
-    "VOC07 mAP50 of `detections` (lists of `Detections`) against `truth` (dicts of boxes, labels, difficult)."
+    "VOC07 mAP50 of `detections` (`Detections`, boxes over 1 px) against `truth` (dicts of boxes, labels, difficult)."
     from yolo_voc.metrics import mean_average_precision
-    preds = [dict(boxes=d.boxes, scores=d.scores, labels=d.labels) for d in detections]
+    ok = [(d.boxes[:, 2] - d.boxes[:, 0] > 1) & (d.boxes[:, 3] - d.boxes[:, 1] > 1) for d in detections]  # as `as_truth`
+    preds = [dict(boxes=d.boxes[k], scores=d.scores[k], labels=d.labels[k]) for d, k in zip(detections, ok)]
     return round(float(mean_average_precision(preds, truth, method="voc07", num_classes=num_classes)["map"]), 4)
 
 
