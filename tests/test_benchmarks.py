@@ -226,3 +226,42 @@ def test_save_results(tmp_path):
     assert doc["config"] == {"repeat": 3} and doc["result"] == {"seconds": 0.5} and doc["publishable"] is True
     with pytest.raises(ValueError, match="demo: the result has no conditions block"):
         C.save_results("demo", dict(seconds=1.0), directory=tmp_path)
+
+
+# -- box_loss.py (issue 26) ------------------------------------------------------------------------------------------
+def test_box_loss_quick_json(tmp_path):
+    "One tiny run of the baseline on the default set: the figures of the summary, the table, the files."
+    out_dir, results = tmp_path / "bl", tmp_path / "results"
+    r = run_json("box_loss.py", "--quick", "--combos", "mse-one", "--sets", "default", "--out-dir", str(out_dir),
+                 "--save-results", "--results-dir", str(results), timeout=600)
+    assert r["epochs"] == [1] and r["quick"] and list(r["combos"]) == ["mse-one"]
+    (run,) = r["runs"]
+    summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
+    assert (run["combo"], run["set"], run["epochs"]) == ("mse-one", "default", 1)
+    assert (run["map50"], run["map"]) == (summary["map50"], summary["map"])
+    assert run["ap50_coco"] == summary["per_class"]["mean"]["ap50_coco"]
+    assert run["seconds_per_epoch"] == round(summary["seconds"], 2) and run["seconds_per_epoch"] > 0
+    assert r["adopt"] is None and r["verdict"]["baseline"] == "mse-one"
+    assert (out_dir / "box_loss.md").read_text() == r["table"] and "| default | 1 | mse-one |" in r["table"]
+    assert json.loads((out_dir / "box_loss.json").read_text())["runs"] == r["runs"]
+    doc = saved(results, "box_loss", r)
+    assert doc["config"]["quick"] is True
+
+
+def test_box_loss_adoption_rule():
+    import box_loss as B  # noqa: E402  (benchmarks/box_loss.py)
+    def run(combo, set_, ep, m, m50, spe): return dict(combo=combo, set=set_, epochs=ep, map=m, map50=m50, seconds_per_epoch=spe)
+    cells = [(s, e) for s in ("default", "small") for e in (12, 24)]
+    runs = [run("mse-one", s, e, 0.40, 0.90, 20.0) for s, e in cells]
+    runs += [run("ciou-one", s, e, 0.46, 0.90, 21.0) for s, e in cells]  # +0.06 everywhere, 5% slower: qualifies
+    runs += [run("ciou-ratio", s, e, 0.50, 0.90 if (s, e) != ("small", 24) else 0.899, 20.0) for s, e in cells]  # mAP50 lower once
+    runs += [run("ciou-neighbours", s, e, 0.52, 0.95, 22.1) for s, e in cells]  # 10.5% slower
+    runs += [run("giou-one", s, e, 0.449 if e == 12 else 0.50, 0.95, 20.0) for s, e in cells]  # +0.049 at 12 epochs
+    v = B.adoption(runs, "mse-one")
+    assert {c: x["qualifies"] for c, x in v["combos"].items()} == \
+        {"ciou-one": True, "ciou-ratio": False, "ciou-neighbours": False, "giou-one": False}
+    assert v["adopt"] == "ciou-one"
+    assert [c["meets"] for c in v["combos"]["ciou-ratio"]["cells"]] == [True, True, True, False]
+    runs.append(run("mse-one-late", "default", 12, 0.9, 0.99, 1.0))  # a combination without every cell cannot qualify
+    assert B.adoption([r for r in runs if r["combo"] in ("mse-one", "ciou-one")][:-1], "mse-one")["adopt"] is None
+    assert "Qualifies: **ciou-one**" in B.table([r | dict(ap50_coco=None) for r in runs[:8]], v)

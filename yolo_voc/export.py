@@ -94,7 +94,8 @@ class NmsSettings:
     pre_nms_topk: int = 1000
 
 RAW_OUTPUTS = ("out_stride32, out_stride16, out_stride8: [B, 3, S/32|16|8, S/32|16|8, 5+C] raw head outputs, "
-               "channels objectness, x, y, w, h, class logits; decode with `decoding`: centre (sigmoid(x) + column) * stride, "
+               "channels objectness, x, y, w, h, class logits; decode with `decoding`: centre "
+               "(sigmoid(x) * xy_scale - (xy_scale - 1) / 2 + column) * stride (xy_scale 1 where the decoding has none), "
                "size exp(w) * anchor (anchor_units 'fraction': times the input side; 'pixels': as is), objectness "
                "sigmoid, class probabilities the softmax (class_rule 'softmax') or the sigmoid ('logistic') of the logits, "
                "score objectness * class probability")

@@ -147,6 +147,14 @@ class YoloModule(pl.LightningModule):
         class_loss: ce (softmax cross-entropy) or bce (independent logistic classes); the model is decoded with the
             same rule. None: bce when `pretrained` keeps a Darknet model's prediction heads, else ce.
         ignore_threshold: anchors whose IoU with a box exceeds this are not penalised as no-object.
+        box_loss: mse (the seed's YOLOv3 loss: squared errors of the offsets and log sizes), giou or ciou (1 - GIoU /
+            1 - CIoU of the decoded box); see the loss notebook.
+        assign: which anchors hold an object: one (the seed's: the best anchor of each scale in the centre cell),
+            ratio (every anchor within anchor_ratio of the object's sides, YOLOv5) or ratio_neighbours (ratio, also in
+            the two nearest neighbouring cells; needs xy_scale 2).
+        anchor_ratio: the largest side ratio between object and anchor of the ratio rules.
+        xy_scale: grid sensitivity of the decoding, offset = sigmoid(t) * xy_scale - (xy_scale - 1) / 2 (YOLOv4's
+            scale_x_y; 2 is YOLOv5's). None: 2 with ratio_neighbours, else the kept pretrained heads' (1 for Darknet), else 1.
         accuracy_threshold: confidence threshold of the object / no-object accuracies.
         conf_threshold: score threshold of detections for mAP.
         nms_iou: IoU threshold of NMS for mAP.
@@ -166,6 +174,7 @@ class YoloModule(pl.LightningModule):
                  div_factor: float = 25.0, final_div_factor: float | None = None, tail_lr_factor: float = 0.01,
                  lambda_box: float = 10.0, lambda_noobj: float = 10.0, lambda_obj: float = 1.0, lambda_class: float = 1.0,
                  obj_target: str = "iou", obj_loss: str = "bce", class_loss: str | None = None, ignore_threshold: float = 0.5,
+                 box_loss: str = "mse", assign: str = "one", anchor_ratio: float = 4.0, xy_scale: float | None = None,
                  accuracy_threshold: float = 0.05, conf_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100, map_every_n_epochs: int = 1,
                  channels_last: bool = False, compile: bool = False, grad_clip_norm: float | None = None,
@@ -179,13 +188,16 @@ class YoloModule(pl.LightningModule):
         self.class_names = list(class_names or (VOC_CLASSES if num_classes == 20 else [str(i) for i in range(num_classes)]))
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
         # the decoding: the class rule of the loss; anchors of pretrained heads that are kept (Darknet's pixels), else ANCHORS
-        self._class_loss_asked = class_loss
+        self._class_loss_asked, self._xy_scale_asked = class_loss, xy_scale
         kept = pretrained_decoding(pretrained, num_classes, width_mult, depth_mult, backbone)
         class_loss = class_loss or ("bce" if kept is not None and kept.class_rule == "logistic" else "ce")
         self.loss_fn = YoloLoss(ANCHORS, lambda_box=lambda_box, lambda_noobj=lambda_noobj, lambda_obj=lambda_obj,
-                                lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss)
+                                lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss,
+                                box_loss=box_loss, assign=assign, anchor_ratio=anchor_ratio,
+                                xy_scale=xy_scale if xy_scale is not None else 2.0 if assign == "ratio_neighbours" else 1.0)
         anchors = {} if kept is None else dict(anchors=kept.anchors, anchor_units=kept.anchor_units, strides=kept.strides)
-        self._set_decoding(Decoding.trained_with(class_loss, **anchors))
+        if xy_scale is None: xy_scale = self.loss_fn.xy_scale if kept is None or assign == "ratio_neighbours" else kept.xy_scale
+        self._set_decoding(Decoding.trained_with(class_loss, xy_scale=xy_scale, **anchors))
         self.val_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.test_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.val_map = MeanAveragePrecision(num_classes)
@@ -201,6 +213,8 @@ class YoloModule(pl.LightningModule):
         "Decode (and train the class loss) with `decoding` from now on; `hparams.class_loss` says which loss that is."
         self.decoding = decoding
         self.hparams.class_loss = self.loss_fn.class_loss = "bce" if decoding.class_rule == "logistic" else "ce"
+        self.loss_fn.set_xy_scale(decoding.xy_scale)  # the loss reads centres as this decoding does
+        self.hparams.xy_scale = decoding.xy_scale
 
     def anchors_at(self, images: torch.Tensor) -> torch.Tensor:
         "The anchors `[3, 3, 2]` as fractions of the input size of `images` `[B, 3, H, W]`, on their device."
@@ -225,8 +239,8 @@ class YoloModule(pl.LightningModule):
     def _loss(self, images, targets):
         outputs = self(images)
         anchors = self.anchors_at(images)  # fractions of this batch's size: pixel anchors stay pixels at every scale
-        encoded = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors,
-                                 self.decoding.strides, self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6], on the device
+        encoded = self.loss_fn.encode(targets, images.shape[0], tuple(images.shape[-2:]), anchors, self.decoding.strides,
+                                      self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6] by the loss's rule, on the device
         return outputs, encoded, self.loss_fn(outputs, encoded, anchors)
 
     # -- training ---------------------------------------------------------------------------------
@@ -280,6 +294,9 @@ class YoloModule(pl.LightningModule):
             raise CheckpointError(f"{path}: its model was trained with {saved.class_rule} classes (class_loss="
                                   f"{'bce' if saved.class_rule == 'logistic' else 'ce'}), but this run asks for class_loss={asked}; "
                                   "drop --model.class_loss or start a new run")
+        if self._xy_scale_asked is not None and float(self._xy_scale_asked) != saved.xy_scale:
+            raise CheckpointError(f"{path}: its model decodes centres with xy_scale={saved.xy_scale:g}, but this run asks for "
+                                  f"xy_scale={self._xy_scale_asked:g}; drop --model.xy_scale or start a new run")
         self._set_decoding(saved)
 
     def _fitting(self) -> bool:
@@ -900,10 +917,13 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
     device = torch.device(device)
     model.to(device)
     loss_fn = loss_fn or YoloLoss(ANCHORS, **LOSS_DEFAULTS)  # exactly the Lightning module's loss
-    decoding = decoding or Decoding.trained_with(loss_fn.class_loss)  # decode with the class rule the loss trains
+    # decode with the class rule and the centre offsets the loss trains
+    decoding = decoding or Decoding.trained_with(loss_fn.class_loss, xy_scale=loss_fn.xy_scale)
     if decoding.class_rule != CLASS_RULE_OF_LOSS[loss_fn.class_loss]:
         raise ValueError(f"fit_plain: class_loss={loss_fn.class_loss!r} trains {CLASS_RULE_OF_LOSS[loss_fn.class_loss]} classes, "
                          f"but the decoding reads them with a {decoding.class_rule}")
+    if decoding.xy_scale != loss_fn.xy_scale:
+        raise ValueError(f"fit_plain: the loss trains xy_scale={loss_fn.xy_scale:g}, but the decoding reads {decoding.xy_scale:g}")
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=max_lr)
     cycle = min(cycle_epochs or max(1, round(2 * epochs / 3)), epochs)
     sched = make_scheduler(opt, max(2, cycle * len(train_loader)))
@@ -914,7 +934,7 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
         for images, targets, _ in train_loader:
             images, targets = images_to_float(images.to(device)), targets.to(device)
             anchors = decoding.fraction_anchors(images.shape[-1], images.shape[-2], device)  # [3, 3, 2] of this input
-            enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides)
+            enc = loss_fn.encode(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides)
             loss = loss_fn(model(images), enc, anchors)["loss"]
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             total += loss.detach()
