@@ -868,10 +868,13 @@ def cloud_session(resume: bool = False, # go on with the last run (True) or star
 
 def fit_args(session: CloudSession, # from `cloud_session`
              name: str = "voc", # the run's name
+             relative: bool = False, # paths relative to `session.work` (the notebook's working folder) where they lie in it
             ) -> str:
     "The `yolo-voc fit` options that put the run in `session.project` (a new folder beside earlier runs) or resume `session.resume_from`."
-    args = f"--project {session.project} --name {name}"
-    return args + (f" --ckpt_path {session.resume_from}" if session.resume_from else "")
+    def show(p: Path) -> str:
+        return os.path.relpath(p, session.work) if relative and Path(p).is_relative_to(session.work) else str(p)
+    args = f"--project {show(session.project)} --name {name}"
+    return args + (f" --ckpt_path {show(session.resume_from)}" if session.resume_from else "")
 
 # %% ../nbs/08_train.ipynb
 class MaxLRFinder(LearningRateFinder):
