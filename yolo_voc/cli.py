@@ -400,6 +400,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (new, unless --exist-ok); openvino: the .xml, or a folder")
     p.add_argument("--exist-ok", action="store_true", help="replace --out if it exists (never the --ckpt itself)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--half", action="store_true", help="weights: store fp16 weights, half the file (loaded back into fp32)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
     g = p.add_argument_group("end to end (--nms): outputs boxes, scores, labels, num_detections, padded")
@@ -450,10 +451,11 @@ def export_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError) as e: return fail(e, EXIT_BAD_INPUT)
     except ValueError as e: return fail(e, EXIT_USAGE)  # --device
     try:
+        if args.half and args.format != "weights": raise ValueError(f"--half is for the weights file, not {args.format}")
         if args.format == "openvino":
             report = export_openvino_model(detector, args.out, args.image_size, args.opset, nms, int8, args.exist_ok, args.int8_method)
         else: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8,
-                                    exist_ok=args.exist_ok)
+                                    exist_ok=args.exist_ok, half=args.half)
     except (CheckpointError, DatasetError) as e: return fail(e, EXIT_BAD_INPUT)  # an ONNX --ckpt, a missing --data
     except (UnsafeOutputError, ValueError) as e: return fail(e, EXIT_USAGE)  # contradictory settings
     print(report)

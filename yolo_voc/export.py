@@ -617,8 +617,10 @@ def export_model(detector: Detector, # the model to export
                  nms: NmsSettings | None = None, # end to end: decoding and NMS in the graph
                  int8: Int8Settings | None = None, # ONNX: static int8 quantisation, calibrated and checked on data
                  exist_ok: bool = False, # replace an existing `out` (never the detector's own file)
+                 half: bool = False, # weights: fp16 weights (half the file)
                 ) -> ExportReport:
     "Write `detector` as `format` to `out`, atomically, never over its checkpoint or (unless `exist_ok`) any file; the work of `yolo-voc export`."
+    if half and format != "weights": raise ValueError(f"--half is for the weights file, not {format}")
     if format == "openvino": return export_openvino_model(detector, out, image_size, opset, nms, int8, exist_ok)
     out = check_export_out(out, [detector.source], exist_ok)
     def publish(write: Callable[[Path], object]) -> Path:  # each writer writes its temporary file; this names it `out`
@@ -626,7 +628,7 @@ def export_model(detector: Detector, # the model to export
     if isinstance(detector.model, OnnxBackend): raise CheckpointError(f"{detector.source}: is already an ONNX export: export from the checkpoint")
     if int8 is not None and format != "onnx": raise ValueError(f"int8 quantisation is for ONNX and OpenVINO, not {format}")
     if nms is not None and format == "weights": raise ValueError("a weights file has no NMS: --nms is for onnx, openvino and torchscript")
-    if format == "weights": return ExportReport(publish(lambda p: save_weights(detector, p, image_size=image_size)), format)
+    if format == "weights": return ExportReport(publish(lambda p: save_weights(detector, p, image_size=image_size, half=half)), format)
     if format == "torchscript":
         return ExportReport(publish(lambda p: export_torchscript(detector, p, image_size, nms)), format, end_to_end=nms is not None)
     if format != "onnx": raise ValueError(f"unknown export format {format!r}: onnx, torchscript, openvino or weights")

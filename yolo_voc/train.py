@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,13 +36,16 @@ from .metrics import MeanAveragePrecision, YoloAccuracy
 from .model import YOLOv3
 
 # %% auto 0
-__all__ = ['LOSS_DEFAULTS', 'GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'SUMMARY_KEYS', 'TrainingError', 'param_groups', 'update_mean_ap',
-           'load_pretrained', 'pretrained_decoding', 'YoloModule', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file',
-           'RunFiles', 'DeviceInfo', 'detect_device', 'default_precision', 'default_batch_size', 'run_defaults',
-           'defaults_table', 'EpochTimeEstimate', 'format_duration', 'RunPlan', 'next_run_dir', 'latest_run_dir',
-           'inherited_plan', 'plan_run', 'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport',
-           'BestCheckpoint', 'run_callbacks', 'quiet_lightning_tips', 'make_trainer', 'requested_data_root', 'YoloCLI',
-           'fit_plain', 'evaluate']
+__all__ = ['LOSS_DEFAULTS', 'GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'VAL_STEP_COST', 'RUN_HISTORY', 'SUMMARY_KEYS', 'TrainingError',
+           'param_groups', 'update_mean_ap', 'load_pretrained', 'pretrained_decoding', 'YoloModule',
+           'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles', 'DeviceInfo', 'detect_device',
+           'default_precision', 'default_batch_size', 'run_defaults', 'defaults_table', 'UnsupportedGPU',
+           'gpu_kernels_for', 'check_gpu_supported', 'EpochTimeEstimate', 'format_duration', 'range_test_running',
+           'EpochLine', 'interactive_output', 'session_margin', 'SessionTime', 'RunPlan', 'next_run_dir',
+           'latest_run_dir', 'inherited_plan', 'holds_run', 'writable_folder', 'plan_run', 'carry_history',
+           'CloudSession', 'cloud_session', 'fit_args', 'MaxLRFinder', 'SharedDecisions', 'stage_metrics',
+           'format_table', 'RunReport', 'BestCheckpoint', 'run_callbacks', 'quiet_lightning_tips', 'make_trainer',
+           'requested_data_root', 'YoloCLI', 'fit_plain', 'evaluate']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
@@ -304,7 +308,8 @@ class YoloModule(pl.LightningModule):
         except RuntimeError: return False  # not attached to a Trainer (`YoloModule.load_from_checkpoint`)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _map_this_epoch(self) -> bool:
+    def map_this_epoch(self) -> bool:
+        "Whether this epoch's validation computes mAP (every `map_every_n_epochs`, and the last epoch)."
         if self.trainer is None or self.trainer.state.fn != "fit": return True
         last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
         return last or (self.current_epoch + 1) % max(1, self.hparams.map_every_n_epochs) == 0
@@ -315,14 +320,14 @@ class YoloModule(pl.LightningModule):
         self.log_dict({f"{prefix}/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=images.shape[0], sync_dist=True)
         accuracy.update(outputs, encoded)
-        if self._map_this_epoch():
+        if self.map_this_epoch():
             update_mean_ap(mean_ap, outputs, infos, self.decoding, self.hparams.conf_threshold, self.hparams.nms_iou,
                            self.hparams.max_detections)
 
     def _eval_epoch_end(self, accuracy, mean_ap, prefix):
         self.log_dict({f"{prefix}/{k}": v for k, v in accuracy.compute().items()})
         accuracy.reset()
-        if self._map_this_epoch():
+        if self.map_this_epoch():
             res = mean_ap.compute()  # per-class results and PR curves stay readable after the reset
             self.log_dict({f"{prefix}/{k}": v for k, v in res.items() if k in ("map50", "map", "map50_voc12", "map75")})
             mean_ap.reset()
@@ -426,8 +431,9 @@ def truncate_file(path: Path, size: int) -> None:
 # %% ../nbs/08_train.ipynb
 class RunFiles(Callback):
     "Writes `lrs.txt` (the rates each step trained with) and keeps it and `metrics.csv` in step with checkpoints."
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path,
+                 history_from: str | Path | None = None): # a resumed run's read-only folder whose files this run continues
+        self.run_dir, self.history_from = Path(run_dir), history_from
         self.lr_file = LRFile(self.run_dir / "lrs.txt")
         self._restored: dict | None = None
 
@@ -448,6 +454,7 @@ class RunFiles(Callback):
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module):
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.history_from and trainer.ckpt_path: carry_history(self.history_from, self.run_dir)
         lg = self._logger(trainer)
         if self._restored is not None and trainer.ckpt_path:  # resuming: cut the files back to what the checkpoint saw
             self.lr_file.close(); truncate_file(self.lr_file.path, self._restored["lrs_bytes"])
@@ -537,6 +544,42 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 # %% ../nbs/08_train.ipynb
+class UnsupportedGPU(RuntimeError):
+    "A GPU that the installed PyTorch has no kernels for (a P100, sm_60, with a torch built from sm_70 up)."
+
+def _arch(target: str) -> tuple[str, tuple[int, int]] | None:
+    "`sm_75` -> ('sm', (7, 5)); `compute_90` -> ('compute', (9, 0)); `sm_90a` -> ('sm', (9, 0)); else None."
+    kind, _, num = target.partition("_")
+    num = num.rstrip("abcdefghijklmnopqrstuvwxyz")
+    if kind not in ("sm", "compute") or len(num) < 2 or not num.isdigit(): return None
+    return kind, (int(num[:-1]), int(num[-1]))
+
+def gpu_kernels_for(capability: tuple[int, int], # the GPU's compute capability, e.g. (7, 5) for a T4
+                    arch_list: list[str], # what `torch.cuda.get_arch_list()` says the build holds
+                   ) -> str | None:
+    "The build target that runs on a GPU of `capability`: a cubin `sm_XY` of its major and no higher minor, or PTX `compute_XY` at or below it; None: none."
+    found = sorted(((t, a) for t in arch_list if (a := _arch(t))), key=lambda x: x[1][1], reverse=True)  # newest first
+    for t, (kind, cc) in found:
+        if kind == "sm" and cc[0] == capability[0] and cc[1] <= capability[1]: return t
+    for t, (kind, cc) in found:
+        if kind == "compute" and cc <= tuple(capability): return t  # PTX, compiled for this GPU when first used
+    return None
+
+def check_gpu_supported(device: DeviceInfo | None = None, # default: this machine's first GPU (`detect_device`)
+                        arch_list: list[str] | None = None, # default: `torch.cuda.get_arch_list()`
+                       ) -> None:
+    "Raise `UnsupportedGPU` in one line when the installed PyTorch can't run on `device` (nothing to check on a CPU)."
+    device = detect_device() if device is None else device
+    if device.accelerator != "cuda" or device.capability is None: return
+    arch_list = torch.cuda.get_arch_list() if arch_list is None else list(arch_list)
+    if not arch_list or gpu_kernels_for(device.capability, arch_list): return
+    built = sorted({a[1] for t in arch_list if (a := _arch(t)) and a[0] == "sm"})
+    raise UnsupportedGPU(f"{device.name} (compute capability {device.capability[0]}.{device.capability[1]}) can't run with this "
+                         f"PyTorch {torch.__version__.split('+')[0]}, built for compute capability "
+                         f"{', '.join(f'{m}.{n}' for m, n in built) or '?'}: on Kaggle choose the accelerator \"GPU T4 x2\" "
+                         "(Settings > Accelerator); elsewhere use a newer GPU or a PyTorch built for this one")
+
+# %% ../nbs/08_train.ipynb
 class EpochTimeEstimate(Callback):
     "Warn that training runs on the CPU, with the time one epoch will take, measured on the first `steps` steps."
     def __init__(self, steps: int = 3):
@@ -561,12 +604,144 @@ def format_duration(seconds: float) -> str:
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 # %% ../nbs/08_train.ipynb
+def range_test_running(trainer) -> bool:
+    "Whether the LR range test (`MaxLRFinder`) is running its steps now: they are not the run's epochs."
+    return any(getattr(c, "searching", False) for c in trainer.callbacks)
+
+def _clock(seconds_from_now: float) -> str:
+    "The local wall-clock time `seconds_from_now` from now, `14:32` (with the date when it is not today)."
+    t = time.localtime(time.time() + seconds_from_now)
+    return time.strftime("%H:%M" if t[:3] == time.localtime()[:3] else "%a %d %b %H:%M", t)
+
+class EpochLine(Callback):
+    "One line per epoch after its validation (rank 0), whatever progress bar runs: losses, mAP50 when computed, seconds, ETA."
+    def __init__(self, stream=None): # where to print (None: sys.stdout at the time)
+        self.stream, self._t0, self._sum, self._n, self.seconds = stream, None, None, 0, []
+        self.last: dict | None = None  # the values of the last line printed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if not range_test_running(trainer): self._t0, self._sum, self._n = time.monotonic(), None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # summed on the device: one sync per epoch, when the line is printed
+            self._sum, self._n = (loss.detach() if self._sum is None else self._sum + loss.detach()), self._n + 1
+
+    def values(self, trainer, pl_module) -> dict:
+        "This epoch's numbers: epoch (from 1), epochs, train loss (mean), val losses, mAP50 (None when not computed), seconds, ETA."
+        m = trainer.callback_metrics
+        get = lambda k: float(m[k]) if k in m else None
+        computed = getattr(pl_module, "map_this_epoch", lambda: True)()  # mAP every n epochs: an older value is not this epoch's
+        seconds = time.monotonic() - self._t0
+        self.seconds.append(seconds)
+        planned = [c.plan["epochs"] for c in trainer.callbacks if isinstance(getattr(c, "plan", None), dict)]
+        epoch, epochs = trainer.current_epoch + 1, max(planned or [trainer.max_epochs])  # a session's plan: its epochs
+        eta = max(0, epochs - epoch) * sum(self.seconds[-3:]) / len(self.seconds[-3:])
+        return dict(epoch=epoch, epochs=epochs, train_loss=float(self._sum) / self._n if self._n else None,
+                    val_loss=get("val/loss"), **{p: get(f"val/{p}") for p in ("box", "obj", "noobj", "cls")},
+                    map50=get("val/map50") if computed else None, seconds=seconds, eta=eta)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._t0 is None or not trainer.is_global_zero: return
+        if range_test_running(trainer): return
+        v = self.last = self.values(trainer, pl_module)
+        f = lambda x: "-" if x is None else f"{x:.4g}"
+        line = (f"epoch {v['epoch']}/{v['epochs']}  train loss {f(v['train_loss'])}  val loss {f(v['val_loss'])} "
+                f"(box {f(v['box'])} obj {f(v['obj'])} noobj {f(v['noobj'])} cls {f(v['cls'])})  "
+                f"mAP50 {'-' if v['map50'] is None else format(v['map50'], '.4f')}  {format_duration(v['seconds'])}  "
+                + (f"ETA {format_duration(v['eta'])} ({_clock(v['eta'])})" if v["epoch"] < v["epochs"] else "done"))
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+def interactive_output() -> bool:
+    "Whether both stdout and stderr are terminals (a progress bar redraws there; through a pipe each redraw is a new line)."
+    try: return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError): return False
+
+# %% ../nbs/08_train.ipynb
+def session_margin(seconds: float) -> float:
+    "Time kept free at the end of a session of `seconds`: 5% of it, at least 30 s and at most 15 min (the last checkpoint, the report)."
+    return min(900.0, max(30.0, 0.05 * seconds))
+
+#: Cost of a validation batch as a fraction of a training step (forward only, no augmentation; NMS and mAP on top).
+VAL_STEP_COST = 0.5
+
+class SessionTime(Callback):
+    """Fit a run into `max_hours`: time the first steps, plan the one cycle for the epochs that fit, stop at an epoch's end before the limit.
+
+    The plan (epochs, seconds per epoch) is saved in every checkpoint: a resumed run keeps its epochs and schedule."""
+    def __init__(self, max_hours: float | None = None, # this session's time for the fit, from its start (None: no limit)
+                 steps: int = 10): # training steps timed (after the first, which warms up)
+        self.max_hours, self.steps = max_hours, steps
+        self.plan: dict | None = None  # {"epochs", "seconds_per_epoch", "cycle_steps"}: made once per run, kept on resume
+        self._start = self._t0 = self._deadline = None
+
+    def state_dict(self) -> dict: return dict(plan=self.plan)
+    def load_state_dict(self, state: dict) -> None: self.plan = state.get("plan")
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start, self._epoch0 = time.monotonic(), None
+        if self.max_hours: self._deadline = self._start + self.max_hours * 3600 - session_margin(self.max_hours * 3600)
+        if self.plan and trainer.ckpt_path:  # a resumed run: the plan it was started with (the schedule came with the checkpoint)
+            trainer.fit_loop.max_epochs = self.plan["epochs"]
+            rank_zero_info(f"yolo-voc: resuming a run planned for {self.plan['epochs']} epochs of about "
+                           f"{format_duration(self.plan['seconds_per_epoch'])}")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if range_test_running(trainer): return
+        if self._epoch0 is None: self._epoch0 = trainer.current_epoch
+        self._t0 = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 1 and self._t0 is None and not range_test_running(trainer): self._t0 = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._deadline is None or range_test_running(trainer): return
+        last = trainer.num_training_batches - 1
+        if self.plan is None and self._t0 is not None and batch_idx in (min(self.steps, max(1, last)), last):
+            self._make_plan(trainer, pl_module, batch_idx)
+        if batch_idx == last: self._stop_if_next_epoch_overruns(trainer)
+
+    def _make_plan(self, trainer, pl_module, batch_idx: int) -> None:
+        "Time steps 1..`batch_idx`, plan the epochs that fit before the deadline and the one cycle over them."
+        now = time.monotonic()
+        per_step = (now - self._t0) / batch_idx if batch_idx else now - self._start
+        per_epoch = per_step * (trainer.num_training_batches + VAL_STEP_COST * sum(trainer.num_val_batches or [0]))
+        left = self._deadline - (now - per_step * (batch_idx + 1))  # from this epoch's start
+        epochs = int(min(trainer.max_epochs, max(1, left // per_epoch)))
+        epochs = int(trainer.strategy.broadcast(epochs))  # every rank trains rank 0's plan
+        trainer.fit_loop.max_epochs = epochs
+        cycle = pl_module.cycle_steps()  # the one cycle for the epochs that fit
+        for config in trainer.lr_scheduler_configs:
+            for f in getattr(config.scheduler, "lr_lambdas", []):
+                if hasattr(f, "cycle_steps"): f.cycle_steps = cycle  # saved with the scheduler's state
+        self.plan = dict(epochs=epochs, seconds_per_epoch=round(per_epoch, 1), cycle_steps=cycle)
+        ends = per_epoch * epochs - per_step * (batch_idx + 1)
+        margin = session_margin(self.max_hours * 3600)
+        rank_zero_info(f"yolo-voc: session plan: {epochs} epoch(s) of about {format_duration(per_epoch)} ({per_step:.3g} s per "
+                       f"step, measured on steps 1-{batch_idx}; validation estimated), one cycle over {cycle} steps; "
+                       f"training ends about {_clock(ends)}, before the limit at {_clock(self._deadline - now)} "
+                       f"({self.max_hours:g} h less {format_duration(margin)})")
+
+    def _stop_if_next_epoch_overruns(self, trainer) -> None:
+        "At an epoch's last step: when the next epoch would end after the deadline, make this one the session's last."
+        epoch = trainer.current_epoch + 1
+        if self._epoch0 is None or epoch >= trainer.max_epochs: return
+        now = time.monotonic()
+        per_epoch = (now - self._start) / (epoch - self._epoch0)  # training and validation so far, per epoch
+        if not bool(trainer.strategy.broadcast(now + (1 + VAL_STEP_COST / 2) * per_epoch > self._deadline)): return
+        rank_zero_info(f"yolo-voc: epoch {epoch} of {trainer.max_epochs} is this session's last: the next (about "
+                       f"{format_duration(per_epoch)}) would end after its limit; its validation (with mAP) and checkpoint "
+                       "follow; go on with --ckpt_path last (same plan, same schedule)")
+        trainer.fit_loop.max_epochs = epoch  # the last epoch: its validation computes mAP; the plan keeps the real count
+
+# %% ../nbs/08_train.ipynb
 @dataclass
 class RunPlan:
-    "Where a command writes (`run_dir`) and the checkpoint it starts from (`ckpt_path`, None for a new run)."
+    "Where a command writes (`run_dir`), the checkpoint it starts from (`ckpt_path`, None for a new run), and the run whose history it carries on."
     run_dir: str
     ckpt_path: str | None = None
     note: str = ""
+    history_from: str | None = None  # a resumed run's folder that can't be written (its files are copied into run_dir)
 
 def next_run_dir(project: str | Path, name: str = "train") -> Path:
     "`project/name`, or `name2`, `name3`... when it exists."
@@ -593,6 +768,34 @@ def inherited_plan() -> RunPlan | None:
     if not isinstance(saved, dict) or saved.pop("parent", None) != os.getppid(): return None
     return RunPlan(**saved) if int(os.environ.get("LOCAL_RANK") or 0) > 0 else None
 
+#: A run folder's files besides its checkpoints: a resumed run carries them on into a new folder when it must move.
+RUN_HISTORY = ("metrics.csv", "lrs.txt", "config.yaml", "lr_find.json", "lr_find.png")
+
+def holds_run(folder: str | Path) -> bool:
+    "Whether `folder` holds a run (metrics, learning rates or checkpoints written): a new run must not write there."
+    folder = Path(folder)
+    return (any((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in ("metrics.csv", "lrs.txt"))
+            or any((folder / "checkpoints").glob("*.ckpt")))
+
+def writable_folder(folder: str | Path) -> bool:
+    "Whether a run may write in `folder` (or create it): not on a read-only mount and not read-only by its permission bits (which root ignores)."
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    try: read_only_mount = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError): read_only_mount = False
+    return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o200) and not read_only_mount
+
+def _writable_run(command: str, run: Path, ckpt: str | None, project: Path, name: str | None, why: str = "") -> RunPlan:
+    "`run` for `command`, or, when it can't be written or holds another run, a new folder in `project` that carries it on."
+    if writable_folder(run) and not why: return RunPlan(str(run), ckpt)
+    moved = next_run_dir(project, name or run.name)
+    if not writable_folder(moved):
+        raise CheckpointError(f"{run} can't be written, nor {moved}: pass --project (or --trainer.default_root_dir) a writable folder")
+    why = why or f"{run} can't be written"
+    resumed = ckpt and command == "fit" and _run_of(Path(ckpt))
+    return RunPlan(str(moved), ckpt, f"{why}: this {command} writes {moved}" + (f" (carrying on {resumed}'s metrics and "
+                   "learning rates)" if resumed else ""), str(resumed) if resumed else None)
+
 def plan_run(command: str, project: str | Path = "runs/yolo_voc", name: str | None = None,
              root_dir: str | None = None, ckpt_path: str | None = None) -> RunPlan:
     "Decide the run folder and the checkpoint of `command` (fit, validate, test, lr-find); see above."
@@ -600,15 +803,95 @@ def plan_run(command: str, project: str | Path = "runs/yolo_voc", name: str | No
     if ckpt_path in ("last", "best"):
         run = Path(root_dir) if root_dir else (project / name if name else latest_run_dir(project))
         ckpt = run / "checkpoints" / f"{ckpt_path}.ckpt" if run else None
-        if ckpt is not None and ckpt.is_file(): return RunPlan(str(run), str(ckpt))
+        if ckpt is not None and ckpt.is_file(): return _writable_run(command, run, str(ckpt), project, name)
         where = ckpt or f"{project}/*/checkpoints"
         if command != "fit": raise CheckpointError(f"{where}: no {ckpt_path}.ckpt to {command}")
-        return RunPlan(str(run or next_run_dir(project, name or "train")), None, f"no {where} yet: starting a new run")
+        run = run or next_run_dir(project, name or "train")
+        if holds_run(run): return _writable_run(command, run, None, project, name, f"{run} holds a run without {ckpt_path}.ckpt")
+        return RunPlan(str(run), None, f"no {where} yet: starting a new run")
     if ckpt_path:
-        run = Path(root_dir) if root_dir else _run_of(Path(ckpt_path))
-        return RunPlan(str(run or next_run_dir(project, name or command)), str(ckpt_path))
-    if root_dir: return RunPlan(str(root_dir))
+        own = _run_of(Path(ckpt_path))
+        run = Path(root_dir) if root_dir else own
+        if run is None: return RunPlan(str(next_run_dir(project, name or command)), str(ckpt_path))
+        other = command == "fit" and holds_run(run) and (own is None or run.resolve() != own.resolve())
+        plan = _writable_run(command, run, str(ckpt_path), project, name, f"{run} holds another run" if other else "")
+        if command == "fit" and own is not None and plan.history_from is None and Path(plan.run_dir).resolve() != own.resolve():
+            plan.history_from = str(own)  # resumed into a folder of its own: carry the checkpoint's run on there
+        return plan
+    if root_dir:
+        if command == "fit" and holds_run(root_dir):  # never overwrite an earlier run's files
+            return _writable_run(command, Path(root_dir), None, Path(root_dir).parent, Path(root_dir).name,
+                                 f"{root_dir} holds an earlier run (go on with it: --ckpt_path last)")
+        return RunPlan(str(root_dir))
     return RunPlan(str(next_run_dir(project, name or ("train" if command == "fit" else command.replace("-", "_")))))
+
+def carry_history(source: str | Path, # the resumed run's folder (read-only, e.g. in /kaggle/input)
+                  dest: str | Path, # the new run folder
+                 ) -> list[str]:
+    "Copy a run's `RUN_HISTORY` files that `dest` lacks from `source`, so the resumed run's files continue; the names copied."
+    import shutil
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = [f for f in RUN_HISTORY if (source / f).is_file() and not (dest / f).exists()]
+    for f in copied:
+        shutil.copyfile(source / f, dest / f)
+        os.chmod(dest / f, 0o644)  # writable, whatever the source's mode
+    return copied
+
+# %% ../nbs/08_train.ipynb
+@dataclass
+class CloudSession:
+    "Where a notebook session on Kaggle, Colab or elsewhere keeps its work, data and runs, and the checkpoint it resumes."
+    platform: str  # "kaggle", "colab" or "local"
+    work: Path  # the working folder (Kaggle: /kaggle/working, saved with each version)
+    data: Path  # where datasets go: outside the saved output on Kaggle (/kaggle/temp), the local disk on Colab
+    project: Path  # the folder of run folders: on Kaggle the saved output, on Colab Google Drive from the start
+    resume_from: Path | None = None  # the last.ckpt a RESUME goes on from (None: a new run)
+    note: str = ""
+
+def _newest_last(pattern_roots: list[Path], name: str) -> Path | None:
+    found = [p for r in pattern_roots if r.is_dir() for p in r.glob(f"**/runs/{name}*/checkpoints/last.ckpt")]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+def cloud_session(resume: bool = False, # go on with the last run (True) or start a new one
+                  name: str = "voc", # the run's name (its folder in `project`)
+                  platform: str | None = None, # "kaggle", "colab" or "local" (None: found from the environment)
+                  kaggle: str | Path = "/kaggle", # Kaggle's top folder (tests pass a simulated one)
+                  drive: str | Path = "/content/drive/MyDrive", # Colab's mounted Google Drive (tests: a plain folder)
+                  local: str | Path | None = None, # the working folder elsewhere (None: a new temporary folder)
+                 ) -> CloudSession:
+    "The folders of a notebook session on Kaggle or Colab (see the tutorial) and, with `resume`, the checkpoint to go on from."
+    import tempfile
+    from yolo_voc.download import cloud_platform
+    platform = platform or cloud_platform(kaggle_dir=Path(kaggle) / "working") or "local"
+    if platform == "kaggle":
+        k = Path(kaggle)
+        s = CloudSession("kaggle", k / "working", k / "temp" / "data", k / "working" / "runs")
+        if resume:  # an earlier version's output, attached as input (read-only): resumed into /kaggle/working
+            s.resume_from = _newest_last([k / "working" / "runs", k / "input"], name)
+            s.note = (f"resuming {s.resume_from}" if s.resume_from else f"RESUME: no runs/{name}*/checkpoints/last.ckpt in "
+                      f"{k / 'input'}: attach this notebook's output (Add Input > Your Work) first; starting a new run")
+    elif platform == "colab":
+        s = CloudSession("colab", Path("/content") if local is None else Path(local), (Path("/content") if local is None else Path(local)) / "data",
+                         Path(drive) / "yolo_voc" / "runs")
+        if resume:
+            s.resume_from = _newest_last([s.project.parent], name)
+            s.note = f"resuming {s.resume_from}" if s.resume_from else f"RESUME: no {s.project}/{name}*/checkpoints/last.ckpt yet; starting a new run"
+    else:
+        work = Path(local) if local is not None else Path(tempfile.mkdtemp(prefix="yolo_voc_tutorial_"))
+        s = CloudSession("local", work, work / "data", work / "runs")
+        if resume: s.resume_from = _newest_last([s.project.parent], name)
+    return s
+
+def fit_args(session: CloudSession, # from `cloud_session`
+             name: str = "voc", # the run's name
+             relative: bool = False, # paths relative to `session.work` (the notebook's working folder) where they lie in it
+            ) -> str:
+    "The `yolo-voc fit` options that put the run in `session.project` (a new folder beside earlier runs) or resume `session.resume_from`."
+    def show(p: Path) -> str:
+        return os.path.relpath(p, session.work) if relative and Path(p).is_relative_to(session.work) else str(p)
+    args = f"--project {show(session.project)} --name {name}"
+    return args + (f" --ckpt_path {show(session.resume_from)}" if session.resume_from else "")
 
 # %% ../nbs/08_train.ipynb
 class MaxLRFinder(LearningRateFinder):
@@ -618,13 +901,15 @@ class MaxLRFinder(LearningRateFinder):
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, update_attr=False)
         self.run_dir, self.rule, self._early_exit = (Path(run_dir) if run_dir else None), rule, exit_after
         self.result: LRFinderResult | None = None
+        self.searching = False  # True while the range test's steps run (they are not the run's epochs)
 
     def lr_find(self, trainer, pl_module):
         "Lightning's range test, counted in steps only: a small dataset's epochs must not end it early."
         max_epochs = trainer.fit_loop.max_epochs
         trainer.fit_loop.max_epochs = -1  # no epoch limit; the test's own max_steps ends it
+        self.searching = True
         try: super().lr_find(trainer, pl_module)
-        finally: trainer.fit_loop.max_epochs = max_epochs
+        finally: trainer.fit_loop.max_epochs, self.searching = max_epochs, False
 
     def on_fit_start(self, trainer, pl_module):
         if pl_module.hparams.max_lr is not None: return  # given, or restored from the checkpoint
@@ -763,15 +1048,15 @@ class BestCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer, monitor_candidates):
         if self.monitor in monitor_candidates: super()._save_topk_checkpoint(trainer, monitor_candidates)
 
-def run_callbacks(run_dir: str | Path) -> list[Callback]:
-    "The callbacks every run has: last and best checkpoints, the run files, the reports."
+def run_callbacks(run_dir: str | Path, history_from: str | Path | None = None) -> list[Callback]:
+    "The callbacks every run has: last and best checkpoints, the run files, a line per epoch, the reports."
     ckpt_dir = Path(run_dir) / "checkpoints"
     # `last.ckpt` as the one "top-k" file of a checkpoint without a metric: written every epoch (Lightning's own
     # `save_last` only writes when a top-k checkpoint was written in the same step)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     best = BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/map50", mode="max", save_top_k=1,
                           enable_version_counter=False, auto_insert_metric_name=False)
-    return [last, best, RunFiles(run_dir), RunReport(run_dir)]
+    return [last, best, RunFiles(run_dir, history_from), EpochLine(), RunReport(run_dir)]
 
 class _DropTips(logging.Filter):
     def filter(self, record):
@@ -793,6 +1078,7 @@ def make_trainer(run_dir: str | Path, callbacks: list | None = None, loggers: li
                  **trainer_kwargs) -> pl.Trainer:
     "A `Trainer` with the run directory, checkpoints, atomic checkpoint IO, `RunLogger`, `RunFiles` and `RunReport`."
     quiet_lightning_tips()
+    if trainer_kwargs.get("accelerator") != "cpu": check_gpu_supported()  # one line, before Lightning's first CUDA call
     kw = dict(precision=default_precision(detect_device()), log_every_n_steps=1, enable_model_summary=False,
               benchmark=torch.cuda.is_available())
     kw.update(trainer_kwargs)
@@ -845,7 +1131,14 @@ class YoloCLI(LightningCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="also write TensorBoard logs to RUN/tensorboard (needs: pip install tensorboard)")
         parser.add_argument("--lr_find_steps", type=int, default=60, help="steps of the LR range test when model.max_lr is not set")
+        parser.add_argument("--max_hours", "--max-hours", type=Optional[float], default=None,
+                            help="fit: this session's hours for the run; the first steps are timed, the one cycle is planned for "
+                                 "the epochs that fit (at most trainer.max_epochs) and the run stops at an epoch's end before "
+                                 "the limit, its checkpoint written (a resumed run keeps its plan). Sets trainer.max_time as a backstop")
         parser.set_defaults(run_defaults(self.device, self.synthetic))
+        # a progress bar redraws in a terminal; through a pipe (a notebook's `sh`, a log file) each redraw would be a new
+        # line, or nothing until the end (rich): there the line per epoch (`EpochLine`) is the progress
+        parser.set_defaults({"trainer.enable_progress_bar": interactive_output()})
 
     def section(self, config):
         "The part of `config` for this command (the subcommand's, or the whole of it without subcommands)."
@@ -889,9 +1182,14 @@ class YoloCLI(LightningCLI):
                 raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard", name="tensorboard") from None
         kwargs["logger"] = False if user is False else [RunLogger(run_dir)] + extra  # the run's own files stay first
         kwargs["plugins"] = [AtomicCheckpointIO()] + list(trainer_cfg.get("plugins") or [])
+        if trainer_cfg.get("accelerator") != "cpu": check_gpu_supported(self.device)  # one line, not a CUDA error later
+        hours = cfg.get("max_hours") if self.command == "fit" else None
+        if hours is not None and hours <= 0: raise TrainingError(f"--max_hours must be positive, not {hours:g}")
+        if hours and not trainer_cfg.get("max_time"):  # Lightning's timer: the backstop behind SessionTime's epoch-end stop
+            kwargs["max_time"] = timedelta(seconds=hours * 3600 - session_margin(hours * 3600) / 2)
         from yolo_voc.plots import PredictionImages
-        callbacks = list(trainer_cfg.get("callbacks") or []) + run_callbacks(run_dir) + [PredictionImages(run_dir),
-                                                                                         SharedDecisions(self.plan)]
+        callbacks = list(trainer_cfg.get("callbacks") or []) + run_callbacks(run_dir, self.plan.history_from)
+        callbacks += ([SessionTime(hours)] if self.command == "fit" else []) + [PredictionImages(run_dir), SharedDecisions(self.plan)]
         if self.command in ("fit", "lr-find") and self.model.hparams.max_lr is None and not self.plan.ckpt_path:
             callbacks.append(MaxLRFinder(run_dir, cfg.get("lr_find_steps") or 60, exit_after=self.command == "lr-find"))
         if self.command == "fit" and self.device.accelerator != "cuda" and not self.synthetic:
