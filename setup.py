@@ -33,6 +33,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = shlex.split(cfg.get('dev_requirements') or '')
 app_requirements = shlex.split(cfg.get('app_requirements') or '')
 export_requirements = shlex.split(cfg.get('export_requirements') or '')
+openvino_requirements = shlex.split(cfg.get('openvino_requirements') or '')
 project_urls = {}
 if cfg.get('doc_host'): project_urls["Documentation"] = cfg['doc_host'] + cfg.get('doc_baseurl', '')
 
@@ -48,7 +49,8 @@ setuptools.setup(
     packages = setuptools.find_packages(include=['yolo_voc', 'yolo_voc.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={'dev': dev_requirements, 'app': app_requirements, 'export': export_requirements},
+    extras_require={'dev': dev_requirements, 'app': app_requirements, 'export': export_requirements,
+                    'openvino': openvino_requirements},
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding="utf8").read(),

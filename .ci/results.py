@@ -147,9 +147,20 @@ def fig_infer_speed(r: dict) -> str:
     model = r.get("model") or {}
     head = (f"width {model['width_mult']:g} / depth {model['depth_mult']:g}, " if model.get("width_mult", 1.0) != 1.0
             else "") + f"{r.get('size', 416)} px, ms per image: "
-    return head + "; ".join(f"{engine}{'' if device == 'cpu' else f' ({device})'} "
-                            + " / ".join(f"{row['per_image_ms']:.4g} (batch {row['batch']})" for row in rows)
-                            for (engine, device), rows in groups.items())
+    out = head + "; ".join(f"{engine}{'' if device == 'cpu' else f' ({device})'} "
+                           + " / ".join(f"{row['per_image_ms']:.4g} (batch {row['batch']})" for row in rows)
+                           for (engine, device), rows in groups.items())
+    accuracy = r.get("accuracy") or {}
+    measure = "map50" if any("map50" in a for a in accuracy.values()) else "map50_vs_eager"
+    if accuracy:  # each engine's mAP50 on the same validation images (against eager fp32's detections without --ckpt)
+        out += (f"; mAP50{'' if measure == 'map50' else ' against eager fp32'}: "
+                + ", ".join(f"{a['engine']} {a[measure]:.3f}" for a in accuracy.values()))
+    fastest = (r.get("goals") or {}).get("fastest")
+    if fastest:
+        out += (f"; fastest within 1 point: {fastest['engine']}, {fastest['ratio']:.2f}x eager at batch {fastest['batch']} "
+                f"(goal {fastest['goal']:g}x: {'met' if fastest['met'] else 'not met'})")
+    if r.get("cpu_flags"): out += f"; CPU flags: {', '.join(f for f, on in r['cpu_flags'].items() if on) or 'none of note'}"
+    return out
 
 
 def fig_train_speed(r: dict) -> str:

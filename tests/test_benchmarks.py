@@ -126,6 +126,38 @@ def test_index_speed_json(tmp_path):
     saved(tmp_path, "index_speed", r)
 
 
+def test_infer_speed_json(tmp_path):
+    "The CI mode: a tiny model, every CPU engine that is installed, batch 1 and 2, each engine's mAP50 against eager."
+    r = run_json("infer_speed.py", "--width-mult", "0.125", "--depth-mult", "0.33", "--size", "64", "--batches", "1", "2",
+                 "--repeats", "3", "--warmup", "1", "--calib-images", "2", "--val-images", "4", "--no-cuda",
+                 "--save-results", "--results-dir", str(tmp_path), timeout=600)
+    keys = {row["key"] for row in r["results"] if "key" in row and not row["key"].startswith("Detector.predict")}
+    expected = {"eager"}
+    if r["conditions"]["state"]["versions"]["onnxruntime"]: expected |= {"onnx_fp32", "onnx_int8"}
+    try:
+        import openvino  # noqa: F401
+        expected |= {"openvino_f32", "openvino_int8", "openvino_int8_nncf"}
+        if "BF16" in r["openvino_cpu_capabilities"]: expected.add("openvino_bf16")
+        else: assert "openvino_bf16" not in keys  # not available here: not timed
+    except ImportError:
+        pass
+    assert keys == expected
+    assert {(row["key"], row["batch"]) for row in r["results"] if row["key"] in keys} == {(k, b) for k in keys for b in (1, 2)}
+    for k in keys - {"eager"}:
+        for b in (1, 2):
+            ratio = r["ratios"][f"{k}_vs_eager_batch{b}"]
+            ms = {row["key"]: row["per_image_ms"] for row in r["results"] if row["batch"] == b and row["key"] in keys}
+            assert ratio == pytest.approx(ms[k] / ms["eager"], rel=0.02, abs=0.002)
+    assert set(r["accuracy"]) == keys and r["accuracy"]["eager"]["map50_vs_eager"] == 1.0
+    for k in {"onnx_fp32", "openvino_f32"} & keys: assert r["accuracy"][k]["map50_vs_eager"] > 0.99  # fp32: the same boxes
+    assert set(r["cpu_flags"]) >= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}
+    assert "fastest" in r["goals"] and r["goals"]["fastest"]["engine"] in keys
+    check_conditions(r["conditions"], {f"{k}_batch{b}" for k in keys for b in (1, 2)}
+                     | {row["key"] for row in r["results"] if row["key"].startswith("Detector.predict")})
+    doc = saved(tmp_path, "infer_speed", r)
+    assert doc["config"]["batches"] == [1, 2] and doc["config"]["val_images"] == 4
+
+
 # -- benchmarks/conditions.py -------------------------------------------------------------------------
 def test_machine_id_and_cpu_model(tmp_path):
     info = tmp_path / "cpuinfo"
@@ -194,3 +226,42 @@ def test_save_results(tmp_path):
     assert doc["config"] == {"repeat": 3} and doc["result"] == {"seconds": 0.5} and doc["publishable"] is True
     with pytest.raises(ValueError, match="demo: the result has no conditions block"):
         C.save_results("demo", dict(seconds=1.0), directory=tmp_path)
+
+
+# -- box_loss.py (issue 26) ------------------------------------------------------------------------------------------
+def test_box_loss_quick_json(tmp_path):
+    "One tiny run of the baseline on the default set: the figures of the summary, the table, the files."
+    out_dir, results = tmp_path / "bl", tmp_path / "results"
+    r = run_json("box_loss.py", "--quick", "--combos", "mse-one", "--sets", "default", "--out-dir", str(out_dir),
+                 "--save-results", "--results-dir", str(results), timeout=600)
+    assert r["epochs"] == [1] and r["quick"] and list(r["combos"]) == ["mse-one"]
+    (run,) = r["runs"]
+    summary = json.loads((Path(run["run_dir"]) / "summary.json").read_text())
+    assert (run["combo"], run["set"], run["epochs"]) == ("mse-one", "default", 1)
+    assert (run["map50"], run["map"]) == (summary["map50"], summary["map"])
+    assert run["ap50_coco"] == summary["per_class"]["mean"]["ap50_coco"]
+    assert run["seconds_per_epoch"] == round(summary["seconds"], 2) and run["seconds_per_epoch"] > 0
+    assert r["adopt"] is None and r["verdict"]["baseline"] == "mse-one"
+    assert (out_dir / "box_loss.md").read_text() == r["table"] and "| default | 1 | mse-one |" in r["table"]
+    assert json.loads((out_dir / "box_loss.json").read_text())["runs"] == r["runs"]
+    doc = saved(results, "box_loss", r)
+    assert doc["config"]["quick"] is True
+
+
+def test_box_loss_adoption_rule():
+    import box_loss as B  # noqa: E402  (benchmarks/box_loss.py)
+    def run(combo, set_, ep, m, m50, spe): return dict(combo=combo, set=set_, epochs=ep, map=m, map50=m50, seconds_per_epoch=spe)
+    cells = [(s, e) for s in ("default", "small") for e in (12, 24)]
+    runs = [run("mse-one", s, e, 0.40, 0.90, 20.0) for s, e in cells]
+    runs += [run("ciou-one", s, e, 0.46, 0.90, 21.0) for s, e in cells]  # +0.06 everywhere, 5% slower: qualifies
+    runs += [run("ciou-ratio", s, e, 0.50, 0.90 if (s, e) != ("small", 24) else 0.899, 20.0) for s, e in cells]  # mAP50 lower once
+    runs += [run("ciou-neighbours", s, e, 0.52, 0.95, 22.1) for s, e in cells]  # 10.5% slower
+    runs += [run("giou-one", s, e, 0.449 if e == 12 else 0.50, 0.95, 20.0) for s, e in cells]  # +0.049 at 12 epochs
+    v = B.adoption(runs, "mse-one")
+    assert {c: x["qualifies"] for c, x in v["combos"].items()} == \
+        {"ciou-one": True, "ciou-ratio": False, "ciou-neighbours": False, "giou-one": False}
+    assert v["adopt"] == "ciou-one"
+    assert [c["meets"] for c in v["combos"]["ciou-ratio"]["cells"]] == [True, True, True, False]
+    runs.append(run("mse-one-late", "default", 12, 0.9, 0.99, 1.0))  # a combination without every cell cannot qualify
+    assert B.adoption([r for r in runs if r["combo"] in ("mse-one", "ciou-one")][:-1], "mse-one")["adopt"] is None
+    assert "Qualifies: **ciou-one**" in B.table([r | dict(ap50_coco=None) for r in runs[:8]], v)

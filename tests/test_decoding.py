@@ -178,8 +178,8 @@ def test_older_files_decode_as_they_were_trained(tmp_path):
     old = {k: v for k, v in new.items() if k != "decoding"} | {"format": "yolo_voc.weights/1", "anchors": [[[0.5, 0.5]] * 3] * 3}
     torch.save(old, tmp_path / "old.pt")
     assert load_detector(tmp_path / "old.pt").decoding == Decoding("softmax", [[[0.5, 0.5]] * 3] * 3, "fraction")
-    torch.save({**new, "decoding": {**new["decoding"], "xy_scale": 2.0}}, tmp_path / "newer.pt")
-    with pytest.raises(CheckpointError, match=r"newer.pt: decoding field\(s\) \['xy_scale'\] are unknown"):
+    torch.save({**new, "decoding": {**new["decoding"], "box_rule": 2.0}}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=r"newer.pt: decoding field\(s\) \['box_rule'\] are unknown"):
         load_detector(tmp_path / "newer.pt")
 
 

@@ -350,7 +350,7 @@ def test_parameter_table_from_docments(site):
     rows = [re.findall(r"<t[dh]>(.*?)</t[dh]>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
     params = [(cells[0], html.unescape(re.sub(r"<[^>]+>", "", cells[3]))) for cells in rows[1:] if not cells[0].startswith("<strong>")]
     want = [(k, v.replace("`", "")) for k, v in docments(load_detector).items() if k != "return" and v]
-    assert params == want and len(want) == 6, params
+    assert params == want and len(want) == 7, params  # path, device, weights_only, image_size, width_mult, depth_mult, precision
     assert re.search(r"<td><strong>Returns</strong></td>\s*<td><strong>Detector</strong></td>", table)
 
 

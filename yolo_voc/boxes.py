@@ -130,6 +130,7 @@ class Decoding:
     anchors: tuple = tuple(tuple(tuple(a) for a in s) for s in ANCHORS.tolist())  # coarsest scale first
     anchor_units: str = "fraction"  # "fraction" of the input side, or "pixels" of the input
     strides: tuple = STRIDES  # downsampling of each head, in the order of `anchors`
+    xy_scale: float = 1.0  # grid sensitivity (YOLOv4's scale_x_y): offset = sigmoid(t) * xy_scale - (xy_scale - 1) / 2; 1: YOLOv3, Darknet
 
     def __post_init__(self):
         if self.class_rule not in CLASS_RULES:
@@ -146,6 +147,17 @@ class Decoding:
             raise ValueError(f"decoding: strides must be positive whole numbers, got {list(self.strides)}")
         object.__setattr__(self, "anchors", tuple(tuple(tuple(_float32_exact(v) for v in wh) for wh in s) for s in a))
         object.__setattr__(self, "strides", strides)
+        try: xy_scale = float(self.xy_scale)
+        except (TypeError, ValueError): raise ValueError(f"decoding: xy_scale must be a number, got {self.xy_scale!r}") from None
+        if not (np.isfinite(xy_scale) and 1.0 <= xy_scale <= 4.0):
+            raise ValueError(f"decoding: xy_scale must be between 1 and 4, got {self.xy_scale!r}")
+        object.__setattr__(self, "xy_scale", xy_scale)
+
+    def cell_offsets(self, t_xy: torch.Tensor, # raw x, y logits `[..., 2]` (or any shape)
+                    ) -> torch.Tensor:
+        "Box centres as offsets from their cell's corner, in cells, of raw logits: `sigmoid(t) * xy_scale - (xy_scale - 1) / 2`."
+        if self.xy_scale == 1.0: return t_xy.sigmoid()  # YOLOv3's (0, 1): the same graph as before the field existed
+        return t_xy.sigmoid() * self.xy_scale - (self.xy_scale - 1) / 2
 
     def anchor_tensor(self, device=None) -> torch.Tensor:
         "The anchors `[scales, A, 2]` in their own units (fractions or pixels), float32."
@@ -170,9 +182,11 @@ class Decoding:
         return logits.softmax(-1) if self.class_rule == "softmax" else logits.sigmoid()
 
     def to_dict(self) -> dict:
-        "A plain, JSON-ready dict (nested lists and numbers)."
-        return dict(class_rule=self.class_rule, anchors=[[list(wh) for wh in s] for s in self.anchors],
-                    anchor_units=self.anchor_units, strides=list(self.strides))
+        "A plain, JSON-ready dict (nested lists and numbers); `xy_scale` only when it is not 1 (see below)."
+        d = dict(class_rule=self.class_rule, anchors=[[list(wh) for wh in s] for s in self.anchors],
+                 anchor_units=self.anchor_units, strides=list(self.strides))
+        if self.xy_scale != 1.0: d["xy_scale"] = self.xy_scale  # files of 1.0 models stay readable by earlier versions
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, # from `to_dict`; a missing field takes its default, the value of models that predate it
@@ -200,4 +214,5 @@ class Decoding:
     def __str__(self) -> str:
         unit = "px" if self.anchor_units == "pixels" else "of the input side"
         first, last = self.anchors[-1][0], self.anchors[0][-1]
-        return f"{self.class_rule} classes, anchors {first[0]:g}x{first[1]:g} .. {last[0]:g}x{last[1]:g} {unit}"
+        xy = f", xy_scale {self.xy_scale:g}" if self.xy_scale != 1.0 else ""
+        return f"{self.class_rule} classes, anchors {first[0]:g}x{first[1]:g} .. {last[0]:g}x{last[1]:g} {unit}{xy}"

@@ -21,17 +21,18 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, LearningRateFinder, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .checkpoint import atomic_write
 from .checkpoint import load_checkpoint_file
 from .data import gather_from_ranks
 from .lr_find import LRFile, LRFinderResult, suggest_lr
 from .train import TrainingError
-from .runs import default_precision, RunPlan, detect_device
+from .runs import default_precision, RunPlan, carry_history, check_gpu_supported, detect_device
 
 # %% auto 0
-__all__ = ['SUMMARY_KEYS', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles', 'EpochTimeEstimate', 'format_duration',
+__all__ = ['VAL_STEP_COST', 'SUMMARY_KEYS', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles', 'EpochTimeEstimate',
+           'format_duration', 'range_test_running', 'EpochLine', 'interactive_output', 'session_margin', 'SessionTime',
            'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
            'run_callbacks', 'quiet_lightning_tips', 'make_trainer']
 
@@ -101,8 +102,9 @@ def truncate_file(path: Path, size: int) -> None:
 # %% ../nbs/08a_callbacks.ipynb
 class RunFiles(Callback):
     "Writes `lrs.txt` (the rates each step trained with) and keeps it and `metrics.csv` in step with checkpoints."
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path,
+                 history_from: str | Path | None = None): # a resumed run's read-only folder whose files this run continues
+        self.run_dir, self.history_from = Path(run_dir), history_from
         self.lr_file = LRFile(self.run_dir / "lrs.txt")
         self._restored: dict | None = None
 
@@ -123,6 +125,7 @@ class RunFiles(Callback):
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module):
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.history_from and trainer.ckpt_path: carry_history(self.history_from, self.run_dir)
         lg = self._logger(trainer)
         if self._restored is not None and trainer.ckpt_path:  # resuming: cut the files back to what the checkpoint saw
             self.lr_file.close(); truncate_file(self.lr_file.path, self._restored["lrs_bytes"])
@@ -169,6 +172,137 @@ def format_duration(seconds: float) -> str:
     return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 # %% ../nbs/08a_callbacks.ipynb
+def range_test_running(trainer) -> bool:
+    "Whether the LR range test (`MaxLRFinder`) is running its steps now: they are not the run's epochs."
+    return any(getattr(c, "searching", False) for c in trainer.callbacks)
+
+def _clock(seconds_from_now: float) -> str:
+    "The local wall-clock time `seconds_from_now` from now, `14:32` (with the date when it is not today)."
+    t = time.localtime(time.time() + seconds_from_now)
+    return time.strftime("%H:%M" if t[:3] == time.localtime()[:3] else "%a %d %b %H:%M", t)
+
+class EpochLine(Callback):
+    "One line per epoch after its validation (rank 0), whatever progress bar runs: losses, mAP50 when computed, seconds, ETA."
+    def __init__(self, stream=None): # where to print (None: sys.stdout at the time)
+        self.stream, self._t0, self._sum, self._n, self.seconds = stream, None, None, 0, []
+        self.last: dict | None = None  # the values of the last line printed
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if not range_test_running(trainer): self._t0, self._sum, self._n = time.monotonic(), None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # summed on the device: one sync per epoch, when the line is printed
+            self._sum, self._n = (loss.detach() if self._sum is None else self._sum + loss.detach()), self._n + 1
+
+    def values(self, trainer, pl_module) -> dict:
+        "This epoch's numbers: epoch (from 1), epochs, train loss (mean), val losses, mAP50 (None when not computed), seconds, ETA."
+        m = trainer.callback_metrics
+        get = lambda k: float(m[k]) if k in m else None
+        computed = getattr(pl_module, "map_this_epoch", lambda: True)()  # mAP every n epochs: an older value is not this epoch's
+        seconds = time.monotonic() - self._t0
+        self.seconds.append(seconds)
+        planned = [c.plan["epochs"] for c in trainer.callbacks if isinstance(getattr(c, "plan", None), dict)]
+        epoch, epochs = trainer.current_epoch + 1, max(planned or [trainer.max_epochs])  # a session's plan: its epochs
+        eta = max(0, epochs - epoch) * sum(self.seconds[-3:]) / len(self.seconds[-3:])
+        return dict(epoch=epoch, epochs=epochs, train_loss=float(self._sum) / self._n if self._n else None,
+                    val_loss=get("val/loss"), **{p: get(f"val/{p}") for p in ("box", "obj", "noobj", "cls")},
+                    map50=get("val/map50") if computed else None, seconds=seconds, eta=eta)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._t0 is None or not trainer.is_global_zero: return
+        if range_test_running(trainer): return
+        v = self.last = self.values(trainer, pl_module)
+        f = lambda x: "-" if x is None else f"{x:.4g}"
+        line = (f"epoch {v['epoch']}/{v['epochs']}  train loss {f(v['train_loss'])}  val loss {f(v['val_loss'])} "
+                f"(box {f(v['box'])} obj {f(v['obj'])} noobj {f(v['noobj'])} cls {f(v['cls'])})  "
+                f"mAP50 {'-' if v['map50'] is None else format(v['map50'], '.4f')}  {format_duration(v['seconds'])}  "
+                + (f"ETA {format_duration(v['eta'])} ({_clock(v['eta'])})" if v["epoch"] < v["epochs"] else "done"))
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+def interactive_output() -> bool:
+    "Whether both stdout and stderr are terminals (a progress bar redraws there; through a pipe each redraw is a new line)."
+    try: return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError): return False
+
+# %% ../nbs/08a_callbacks.ipynb
+def session_margin(seconds: float) -> float:
+    "Time kept free at the end of a session of `seconds`: 5% of it, at least 30 s and at most 15 min (the last checkpoint, the report)."
+    return min(900.0, max(30.0, 0.05 * seconds))
+
+#: Cost of a validation batch as a fraction of a training step (forward only, no augmentation; NMS and mAP on top).
+VAL_STEP_COST = 0.5
+
+class SessionTime(Callback):
+    """Fit a run into `max_hours`: time the first steps, plan the one cycle for the epochs that fit, stop at an epoch's end before the limit.
+
+    The plan (epochs, seconds per epoch) is saved in every checkpoint: a resumed run keeps its epochs and schedule."""
+    def __init__(self, max_hours: float | None = None, # this session's time for the fit, from its start (None: no limit)
+                 steps: int = 10): # training steps timed (after the first, which warms up)
+        self.max_hours, self.steps = max_hours, steps
+        self.plan: dict | None = None  # {"epochs", "seconds_per_epoch", "cycle_steps"}: made once per run, kept on resume
+        self._start = self._t0 = self._deadline = None
+
+    def state_dict(self) -> dict: return dict(plan=self.plan)
+    def load_state_dict(self, state: dict) -> None: self.plan = state.get("plan")
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start, self._epoch0 = time.monotonic(), None
+        if self.max_hours: self._deadline = self._start + self.max_hours * 3600 - session_margin(self.max_hours * 3600)
+        if self.plan and trainer.ckpt_path:  # a resumed run: the plan it was started with (the schedule came with the checkpoint)
+            trainer.fit_loop.max_epochs = self.plan["epochs"]
+            rank_zero_info(f"yolo-voc: resuming a run planned for {self.plan['epochs']} epochs of about "
+                           f"{format_duration(self.plan['seconds_per_epoch'])}")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if range_test_running(trainer): return
+        if self._epoch0 is None: self._epoch0 = trainer.current_epoch
+        self._t0 = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 1 and self._t0 is None and not range_test_running(trainer): self._t0 = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._deadline is None or range_test_running(trainer): return
+        last = trainer.num_training_batches - 1
+        if self.plan is None and self._t0 is not None and batch_idx in (min(self.steps, max(1, last)), last):
+            self._make_plan(trainer, pl_module, batch_idx)
+        if batch_idx == last: self._stop_if_next_epoch_overruns(trainer)
+
+    def _make_plan(self, trainer, pl_module, batch_idx: int) -> None:
+        "Time steps 1..`batch_idx`, plan the epochs that fit before the deadline and the one cycle over them."
+        now = time.monotonic()
+        per_step = (now - self._t0) / batch_idx if batch_idx else now - self._start
+        per_epoch = per_step * (trainer.num_training_batches + VAL_STEP_COST * sum(trainer.num_val_batches or [0]))
+        left = self._deadline - (now - per_step * (batch_idx + 1))  # from this epoch's start
+        epochs = int(min(trainer.max_epochs, max(1, left // per_epoch)))
+        epochs = int(trainer.strategy.broadcast(epochs))  # every rank trains rank 0's plan
+        trainer.fit_loop.max_epochs = epochs
+        cycle = pl_module.cycle_steps()  # the one cycle for the epochs that fit
+        for config in trainer.lr_scheduler_configs:
+            for f in getattr(config.scheduler, "lr_lambdas", []):
+                if hasattr(f, "cycle_steps"): f.cycle_steps = cycle  # saved with the scheduler's state
+        self.plan = dict(epochs=epochs, seconds_per_epoch=round(per_epoch, 1), cycle_steps=cycle)
+        ends = per_epoch * epochs - per_step * (batch_idx + 1)
+        margin = session_margin(self.max_hours * 3600)
+        rank_zero_info(f"yolo-voc: session plan: {epochs} epoch(s) of about {format_duration(per_epoch)} ({per_step:.3g} s per "
+                       f"step, measured on steps 1-{batch_idx}; validation estimated), one cycle over {cycle} steps; "
+                       f"training ends about {_clock(ends)}, before the limit at {_clock(self._deadline - now)} "
+                       f"({self.max_hours:g} h less {format_duration(margin)})")
+
+    def _stop_if_next_epoch_overruns(self, trainer) -> None:
+        "At an epoch's last step: when the next epoch would end after the deadline, make this one the session's last."
+        epoch = trainer.current_epoch + 1
+        if self._epoch0 is None or epoch >= trainer.max_epochs: return
+        now = time.monotonic()
+        per_epoch = (now - self._start) / (epoch - self._epoch0)  # training and validation so far, per epoch
+        if not bool(trainer.strategy.broadcast(now + (1 + VAL_STEP_COST / 2) * per_epoch > self._deadline)): return
+        rank_zero_info(f"yolo-voc: epoch {epoch} of {trainer.max_epochs} is this session's last: the next (about "
+                       f"{format_duration(per_epoch)}) would end after its limit; its validation (with mAP) and checkpoint "
+                       "follow; go on with --ckpt_path last (same plan, same schedule)")
+        trainer.fit_loop.max_epochs = epoch  # the last epoch: its validation computes mAP; the plan keeps the real count
+
+# %% ../nbs/08a_callbacks.ipynb
 class MaxLRFinder(LearningRateFinder):
     "The LR range test with the run's own optimizer, precision and devices; the `valley` rule sets `max_lr` on every rank."
     def __init__(self, run_dir: str | Path | None = None, num_training_steps: int = 60, min_lr: float = 1e-6,
@@ -176,13 +310,15 @@ class MaxLRFinder(LearningRateFinder):
         super().__init__(min_lr=min_lr, max_lr=max_lr, num_training_steps=num_training_steps, update_attr=False)
         self.run_dir, self.rule, self._early_exit = (Path(run_dir) if run_dir else None), rule, exit_after
         self.result: LRFinderResult | None = None
+        self.searching = False  # True while the range test's steps run (they are not the run's epochs)
 
     def lr_find(self, trainer, pl_module):
         "Lightning's range test, counted in steps only: a small dataset's epochs must not end it early."
         max_epochs = trainer.fit_loop.max_epochs
         trainer.fit_loop.max_epochs = -1  # no epoch limit; the test's own max_steps ends it
+        self.searching = True
         try: super().lr_find(trainer, pl_module)
-        finally: trainer.fit_loop.max_epochs = max_epochs
+        finally: trainer.fit_loop.max_epochs, self.searching = max_epochs, False
 
     def on_fit_start(self, trainer, pl_module):
         if pl_module.hparams.max_lr is not None: return  # given, or restored from the checkpoint
@@ -321,15 +457,15 @@ class BestCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer, monitor_candidates):
         if self.monitor in monitor_candidates: super()._save_topk_checkpoint(trainer, monitor_candidates)
 
-def run_callbacks(run_dir: str | Path) -> list[Callback]:
-    "The callbacks every run has: last and best checkpoints, the run files, the reports."
+def run_callbacks(run_dir: str | Path, history_from: str | Path | None = None) -> list[Callback]:
+    "The callbacks every run has: last and best checkpoints, the run files, a line per epoch, the reports."
     ckpt_dir = Path(run_dir) / "checkpoints"
     # `last.ckpt` as the one "top-k" file of a checkpoint without a metric: written every epoch (Lightning's own
     # `save_last` only writes when a top-k checkpoint was written in the same step)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     best = BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/map50", mode="max", save_top_k=1,
                           enable_version_counter=False, auto_insert_metric_name=False)
-    return [last, best, RunFiles(run_dir), RunReport(run_dir)]
+    return [last, best, RunFiles(run_dir, history_from), EpochLine(), RunReport(run_dir)]
 
 class _DropTips(logging.Filter):
     def filter(self, record):
@@ -351,6 +487,7 @@ def make_trainer(run_dir: str | Path, callbacks: list | None = None, loggers: li
                  **trainer_kwargs) -> pl.Trainer:
     "A `Trainer` with the run directory, checkpoints, atomic checkpoint IO, `RunLogger`, `RunFiles` and `RunReport`."
     quiet_lightning_tips()
+    if trainer_kwargs.get("accelerator") != "cpu": check_gpu_supported()  # one line, before Lightning's first CUDA call
     kw = dict(precision=default_precision(detect_device()), log_every_n_steps=1, enable_model_summary=False,
               benchmark=torch.cuda.is_available())
     kw.update(trainer_kwargs)

@@ -164,6 +164,7 @@ def save_weights(obj, # a `predict.Detector`, a training `LightningModule` or a 
                  path, # the file to write
                  class_names=None, image_size: int | None = None, # default: the object's (or VOC's / 416)
                  decoding: Decoding | None = None, # default: the object's; a bare YOLOv3: `Decoding()`
+                 half: bool = False, # store floating-point weights as fp16 (half the file; loaded back into fp32)
                  **model_config, # a bare YOLOv3's settings: num_classes, width_mult, depth_mult, backbone
                 ) -> Path:
     "Write the `yolo_voc.weights/2` file of a `predict.Detector`, a training `LightningModule` or a `YOLOv3` (atomically)."
@@ -188,7 +189,8 @@ def save_weights(obj, # a `predict.Detector`, a training `LightningModule` or a 
     class_names = list(class_names or (VOC_CLASSES if cfg["num_classes"] == 20 else [str(i) for i in range(cfg["num_classes"])]))
     if isinstance(image_size, (list, tuple)): image_size = max(image_size)
     payload = {"format": WEIGHTS_FORMAT, "model": cfg, "class_names": class_names, "image_size": int(image_size or 416),
-               "decoding": decoding.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "decoding": decoding.to_dict(), "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+                              for k, v in model.state_dict().items()}}
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 # %% ../nbs/engineering/05_checkpoint.ipynb

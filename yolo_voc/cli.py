@@ -21,8 +21,9 @@ import yolo_voc
 __all__ = ['COMMANDS', 'EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_USAGE', 'EXIT_OUTPUT', 'EXIT_MISSING_DEPENDENCY', 'EXIT_INTERRUPTED',
            'EXIT_STATUS_HELP', 'OPTIONAL_PACKAGES', 'PREDICT_EPILOG', 'EXPORT_EPILOG', 'os_error_line',
            'missing_dependency_line', 'error_status', 'run_command', 'command', 'command_parser', 'main', 'synth',
-           'check', 'download', 'lightning_help', 'train_command', 'lr_find', 'add_model_args', 'parse_or_status',
-           'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser', 'app_main']
+           'check', 'download', 'lightning_help', 'train_command', 'lr_find', 'add_model_args', 'add_precision_arg',
+           'parse_or_status', 'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser',
+           'app_main']
 
 # %% ../nbs/engineering/10_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -41,6 +42,7 @@ EXIT_STATUS_HELP = """exit status (the same for every yolo-voc command):
 
 #: Optional packages a command may need, and how to install them (the extras of settings.ini).
 OPTIONAL_PACKAGES = {"onnx": 'pip install "yolo_voc[export]"', "onnxruntime": 'pip install "yolo_voc[export]"',
+                     "openvino": 'pip install "yolo_voc[openvino]"', "nncf": 'pip install "yolo_voc[openvino]"',
                      "gradio": 'pip install "yolo_voc[app]"', "gradio_client": 'pip install "yolo_voc[app]"',
                      "tensorboard": "pip install tensorboard"}
 
@@ -306,11 +308,18 @@ def lr_find(argv: list[str]) -> int:
 # %% ../nbs/engineering/10_cli.ipynb
 def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
     "Add `--ckpt`, `--device` and `--unsafe-load` (the options every command that loads a model has)."
-    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file, Darknet .weights file or raw ONNX export (.onnx)")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file, Darknet .weights file, raw ONNX export (.onnx) or OpenVINO "
+                   "export (.xml, or its folder)")
     p.add_argument("--device", default=default_device,
                    help=f"torch device: auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:1... (default: {default_device})")
     p.add_argument("--unsafe-load", action="store_true",
                    help="load with torch.load(weights_only=False): only for checkpoints you trust")
+
+def add_precision_arg(p: argparse.ArgumentParser):
+    "Add `--precision` (OpenVINO models: the CPU's inference precision)."
+    p.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
+                   help="OpenVINO models: f32, bf16 (only where the CPU has it) or auto (bf16 where the CPU has it, else "
+                        "f32); an int8 file stays int8 (default auto; the choice is printed)")
 
 def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
     "Parsed arguments, or the exit status argparse asked for (help, usage error)."
@@ -331,6 +340,7 @@ def predict_parser() -> argparse.ArgumentParser:
                        "drawn (a video as an annotated .avi), predictions.jsonl and predictions.json.", PREDICT_EPILOG)
     p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER", help="image or video files and/or folders of them")
     add_model_args(p, default_device="auto")
+    add_precision_arg(p)
     p.add_argument("--out", required=True, help="output folder, new or empty (created)")
     p.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
     p.add_argument("--allow-input-overlap", action="store_true",
@@ -353,17 +363,18 @@ def predict_main(argv: list[str] | None = None) -> int:
     "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
     # the work is the module's, imported when the command runs
     from yolo_voc.checkpoint import CheckpointError
-    from yolo_voc.predict import (OutputError, UnsafeOutputError, check_output, check_predict_options, load_detector,
-                                  predict_to_folder, resolve_device)
+    from yolo_voc.predict import (OutputError, UnsafeOutputError, check_output, check_predict_options, is_openvino,
+                                  load_detector, predict_to_folder, resolve_device)
     args = parse_or_status(predict_parser(), argv)
     if isinstance(args, int): return args
     def fail(message, status: int) -> int:
         print(f"yolo-voc predict: {message}", file=sys.stderr); return status
     try:
         check_predict_options(args.conf, args.iou, args.batch_size, args.max_detections, args.image_size, args.fps)
-        device = resolve_device(args.device)
+        device = "cpu" if is_openvino(args.ckpt) and args.device == "auto" else resolve_device(args.device)
         check_output(args.out, args.images, args.exist_ok, args.allow_input_overlap)  # before the model loads
-        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size)
+        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size,
+                                 precision=args.precision)
         summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
                                     args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
                                     args.fps, log=lambda m: print(f"yolo-voc predict: {m}", file=sys.stderr))
@@ -377,25 +388,28 @@ def predict_main(argv: list[str] | None = None) -> int:
 # %% ../nbs/engineering/10_cli.ipynb
 EXPORT_EPILOG = """output: --out must not exist, unless --exist-ok (it is then replaced), and is never the --ckpt itself
 (compared as real paths: links, ./x and absolute paths). The file is written next to it, flushed to disk and then
-given its name, so it appears complete or not at all. ONNX needs the [export] extra: pip install "yolo_voc[export]"."""
+given its name, so it appears complete or not at all. ONNX needs the [export] extra: pip install "yolo_voc[export]".
+OpenVINO (--format openvino) writes an IR: --out names the .xml (its .bin beside it) or a folder for model.xml and
+model.bin; it needs the [openvino] extra: pip install "yolo_voc[openvino]"."""
 
 def export_parser() -> argparse.ArgumentParser:
     "The arguments of `yolo-voc export`."
-    p = command_parser("export", "Export a checkpoint's network to ONNX or TorchScript (raw head outputs, or end to end "
-                       "with --nms), optionally int8 (ONNX), or write its lightweight weights file.", EXPORT_EPILOG)
+    p = command_parser("export", "Export a checkpoint's network to ONNX, OpenVINO or TorchScript (raw head outputs, or "
+                       "end to end with --nms), optionally int8 (ONNX, OpenVINO), or write its lightweight weights file.", EXPORT_EPILOG)
     add_model_args(p)
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "weights"])
-    p.add_argument("--out", required=True, help="output file (new, unless --exist-ok)")
+    p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript", "weights"])
+    p.add_argument("--out", required=True, help="output file (new, unless --exist-ok); openvino: the .xml, or a folder")
     p.add_argument("--exist-ok", action="store_true", help="replace --out if it exists (never the --ckpt itself)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--half", action="store_true", help="weights: store fp16 weights, half the file (loaded back into fp32)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
     g = p.add_argument_group("end to end (--nms): outputs boxes, scores, labels, num_detections, padded")
-    g.add_argument("--nms", action="store_true", help="decoding and NMS in the exported graph (onnx, torchscript)")
+    g.add_argument("--nms", action="store_true", help="decoding and NMS in the exported graph (onnx, openvino, torchscript)")
     g.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     g.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     g.add_argument("--max-detections", type=int, default=100, help="detections per image, K (default 100)")
-    g = p.add_argument_group("int8 (--int8, ONNX): static quantisation, QDQ, per-channel")
+    g = p.add_argument_group("int8 (--int8): static quantisation; ONNX: QDQ, per-channel; OpenVINO: NNCF (or the QDQ graph)")
     g.add_argument("--int8", action="store_true", help="quantise to int8, calibrated on training images")
     g.add_argument("--data", default=None, help="dataset folder (default: the synthetic set, as `yolo-voc fit` makes it)")
     g.add_argument("--synthetic-images", type=int, default=800, help="size of the synthetic set (default 800)")
@@ -404,13 +418,17 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-split", default="val", help="split on which int8 and fp32 mAP50 are compared (default val)")
     g.add_argument("--val-images", type=int, default=None, help="validation images (default: all)")
     g.add_argument("--no-eval", action="store_true", help="skip the int8 vs fp32 mAP50 comparison")
+    g.add_argument("--int8-method", default="nncf", choices=["nncf", "qdq"],
+                   help="OpenVINO int8: NNCF's post-training quantization (default; it measured better on a trained "
+                        "model) or the QDQ graph of --format onnx --int8")
     return p
 
 @command("export")
 def export_main(argv: list[str] | None = None) -> int:
     "`yolo-voc export`: ONNX, TorchScript or weights file from a checkpoint; see `export_parser`."
     from yolo_voc.checkpoint import CheckpointError
-    from yolo_voc.export import Int8Settings, NmsSettings, check_export_out, export_model, require
+    from yolo_voc.export import (EXPORT_INSTALL, OPENVINO_INSTALL, Int8Settings, NmsSettings, check_export_out, export_model,
+                                 export_openvino_model, openvino_paths, require)
     from yolo_voc.predict import UnsafeOutputError, load_detector
     from yolo_voc.voc import DatasetError
     args = parse_or_status(export_parser(), argv)
@@ -421,14 +439,24 @@ def export_main(argv: list[str] | None = None) -> int:
     int8 = Int8Settings(args.data, args.synthetic_images, args.calib_split, args.calib_images, args.val_split,
                         args.val_images, not args.no_eval) if args.int8 else None
     if args.format == "onnx": require("onnx", "--format onnx")  # a missing package: exit 4, before any work
-    if int8 is not None: require("onnxruntime", "--int8")
-    try: check_export_out(args.out, [args.ckpt], args.exist_ok)  # before the model loads (a folder, a path under a file: 3)
+    if args.format == "openvino":
+        for package in ("openvino", "onnx") + (("nncf",) if int8 is not None and args.int8_method == "nncf" else ()):
+            require(package, "--format openvino", OPENVINO_INSTALL)
+    if int8 is not None and (args.format != "openvino" or args.int8_method == "qdq"):
+        require("onnxruntime", "--int8", OPENVINO_INSTALL if args.format == "openvino" else EXPORT_INSTALL)
+    outs = openvino_paths(args.out) if args.format == "openvino" else [args.out]
+    try:  # before the model loads (a folder, a path under a file: 3)
+        for out in outs: check_export_out(out, [args.ckpt], args.exist_ok)
     except UnsafeOutputError as e: return fail(e, EXIT_USAGE)
     try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
     except (FileNotFoundError, CheckpointError) as e: return fail(e, EXIT_BAD_INPUT)
     except ValueError as e: return fail(e, EXIT_USAGE)  # --device
-    try: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8,
-                               exist_ok=args.exist_ok)
+    try:
+        if args.half and args.format != "weights": raise ValueError(f"--half is for the weights file, not {args.format}")
+        if args.format == "openvino":
+            report = export_openvino_model(detector, args.out, args.image_size, args.opset, nms, int8, args.exist_ok, args.int8_method)
+        else: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8,
+                                    exist_ok=args.exist_ok, half=args.half)
     except (CheckpointError, DatasetError) as e: return fail(e, EXIT_BAD_INPUT)  # an ONNX --ckpt, a missing --data
     except (UnsafeOutputError, ValueError) as e: return fail(e, EXIT_USAGE)  # contradictory settings
     print(report)
@@ -441,6 +469,7 @@ def app_parser() -> argparse.ArgumentParser:
                        "the detections and their Grad-CAM.", "app: Ctrl+C is how the server stops (exit 0); the app needs "
                        'the [app] extra: pip install "yolo_voc[app]".')
     add_model_args(p)
+    add_precision_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also ask Gradio for a temporary public *.gradio.live link")
@@ -458,7 +487,7 @@ def app_parser() -> argparse.ArgumentParser:
 
 @command("app")
 def app_main(argv: list[str] | None = None) -> int:
-    "`yolo-voc app`: serve the demo app for a checkpoint or ONNX file, or write its Space; see `app_parser`."
+    "`yolo-voc app`: serve the demo app for a checkpoint, ONNX or OpenVINO file, or write its Space; see `app_parser`."
     from yolo_voc.app import build_app, examples_from, import_gradio, launch, load_app_detector, write_space
     from yolo_voc.checkpoint import CheckpointError
     from yolo_voc.predict import is_video, list_images
@@ -468,7 +497,7 @@ def app_main(argv: list[str] | None = None) -> int:
     prog = "yolo-voc app"
     import_gradio()  # a missing package: exit 4
     try:
-        detector = load_app_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
+        detector = load_app_detector(args.ckpt, args.device, weights_only=not args.unsafe_load, precision=args.precision)
         missing = [e for e in args.examples if not Path(e).exists()]
         if missing: raise FileNotFoundError(f"{missing[0]}: no such example file or folder")
         examples = [e for e in list_images(args.examples) if not is_video(e)]  # the gallery shows images

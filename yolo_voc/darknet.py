@@ -295,6 +295,9 @@ def darknet_cfg(model: YOLOv3, # a Darknet-53 YOLOv3 of any width, depth and cla
     if decoding.class_rule != "logistic":
         raise DarknetError(f"Darknet's [yolo] layer reads classes with a logistic; this model's classes are decoded with a "
                            f"{decoding.class_rule} (trained with class_loss=ce): train it with class_loss=bce for Darknet")
+    if decoding.xy_scale != 1.0:  # a .weights file can't say so, and YOLOv3's [yolo] layer decodes sigmoid(t) + column
+        raise DarknetError(f"Darknet's YOLOv3 [yolo] layer reads centres as sigmoid(t); this model was trained with "
+                           f"xy_scale={decoding.xy_scale:g} (grid sensitivity): train it with xy_scale 1 for Darknet")
     convs = darknet_convs(model)
     num_scales, per_scale = len(decoding.anchors), len(decoding.anchors[0])
     px = decoding.pixel_anchors(image_size).flip(0).reshape(-1, 2).tolist()  # finest scale first, as the cfg lists them

@@ -30,8 +30,9 @@ def decode_outputs(outputs: list[torch.Tensor], # head outputs `[B, A, S, S, 5+C
         b, a, sy, sx, _ = out.shape
         out = out.float()
         gy, gx = torch.meshgrid(torch.arange(sy, device=out.device), torch.arange(sx, device=out.device), indexing="ij")
-        cx = (out[..., 1].sigmoid() + gx) * stride  # [B, A, S, S]
-        cy = (out[..., 2].sigmoid() + gy) * stride
+        xy = decoding.cell_offsets(out[..., 1:3])  # [B, A, S, S, 2] offsets in the cell, by the model's xy_scale
+        cx = (xy[..., 0] + gx) * stride  # [B, A, S, S]
+        cy = (xy[..., 1] + gy) * stride
         wh = out[..., 3:5].clamp(max=10).exp() * anc.view(1, a, 1, 1, 2)  # [B, A, S, S, 2]
         xyxy = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2, cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)
         boxes.append(xyxy.reshape(b, -1, 4))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -17,9 +18,10 @@ from pytorch_lightning.utilities import rank_zero_info
 from .checkpoint import check_checkpoint_fits, check_resumable
 from .checkpoint import load_checkpoint_file, migrate_checkpoint
 from .data import VOCDataModule
-from .train import YoloModule
-from .runs import RunPlan, detect_device, inherited_plan, plan_run, run_defaults
-from .callbacks import AtomicCheckpointIO, EpochTimeEstimate, MaxLRFinder, RunLogger, SharedDecisions, quiet_lightning_tips, run_callbacks
+from .train import TrainingError, YoloModule
+from .runs import RunPlan, check_gpu_supported, detect_device, inherited_plan, plan_run, run_defaults
+from .callbacks import AtomicCheckpointIO, EpochTimeEstimate, MaxLRFinder, RunLogger, SessionTime, SharedDecisions
+from .callbacks import interactive_output, quiet_lightning_tips, run_callbacks, session_margin
 
 # %% auto 0
 __all__ = ['requested_data_root', 'YoloCLI']
@@ -70,7 +72,14 @@ class YoloCLI(LightningCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="also write TensorBoard logs to RUN/tensorboard (needs: pip install tensorboard)")
         parser.add_argument("--lr_find_steps", type=int, default=60, help="steps of the LR range test when model.max_lr is not set")
+        parser.add_argument("--max_hours", "--max-hours", type=Optional[float], default=None,
+                            help="fit: this session's hours for the run; the first steps are timed, the one cycle is planned for "
+                                 "the epochs that fit (at most trainer.max_epochs) and the run stops at an epoch's end before "
+                                 "the limit, its checkpoint written (a resumed run keeps its plan). Sets trainer.max_time as a backstop")
         parser.set_defaults(run_defaults(self.device, self.synthetic))
+        # a progress bar redraws in a terminal; through a pipe (a notebook's `sh`, a log file) each redraw would be a new
+        # line, or nothing until the end (rich): there the line per epoch (`EpochLine`) is the progress
+        parser.set_defaults({"trainer.enable_progress_bar": interactive_output()})
 
     def section(self, config):
         "The part of `config` for this command (the subcommand's, or the whole of it without subcommands)."
@@ -114,9 +123,14 @@ class YoloCLI(LightningCLI):
                 raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard", name="tensorboard") from None
         kwargs["logger"] = False if user is False else [RunLogger(run_dir)] + extra  # the run's own files stay first
         kwargs["plugins"] = [AtomicCheckpointIO()] + list(trainer_cfg.get("plugins") or [])
+        if trainer_cfg.get("accelerator") != "cpu": check_gpu_supported(self.device)  # one line, not a CUDA error later
+        hours = cfg.get("max_hours") if self.command == "fit" else None
+        if hours is not None and hours <= 0: raise TrainingError(f"--max_hours must be positive, not {hours:g}")
+        if hours and not trainer_cfg.get("max_time"):  # Lightning's timer: the backstop behind SessionTime's epoch-end stop
+            kwargs["max_time"] = timedelta(seconds=hours * 3600 - session_margin(hours * 3600) / 2)
         from yolo_voc.plots import PredictionImages
-        callbacks = list(trainer_cfg.get("callbacks") or []) + run_callbacks(run_dir) + [PredictionImages(run_dir),
-                                                                                         SharedDecisions(self.plan)]
+        callbacks = list(trainer_cfg.get("callbacks") or []) + run_callbacks(run_dir, self.plan.history_from)
+        callbacks += ([SessionTime(hours)] if self.command == "fit" else []) + [PredictionImages(run_dir), SharedDecisions(self.plan)]
         if self.command in ("fit", "lr-find") and self.model.hparams.max_lr is None and not self.plan.ckpt_path:
             callbacks.append(MaxLRFinder(run_dir, cfg.get("lr_find_steps") or 60, exit_after=self.command == "lr-find"))
         if self.command == "fit" and self.device.accelerator != "cuda" and not self.synthetic:

@@ -27,10 +27,13 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
     device = torch.device(device)
     model.to(device)
     loss_fn = loss_fn or YoloLoss(ANCHORS, **LOSS_DEFAULTS)  # exactly the Lightning module's loss
-    decoding = decoding or Decoding.trained_with(loss_fn.class_loss)  # decode with the class rule the loss trains
+    # decode with the class rule and the centre offsets the loss trains
+    decoding = decoding or Decoding.trained_with(loss_fn.class_loss, xy_scale=loss_fn.xy_scale)
     if decoding.class_rule != CLASS_RULE_OF_LOSS[loss_fn.class_loss]:
         raise ValueError(f"fit_plain: class_loss={loss_fn.class_loss!r} trains {CLASS_RULE_OF_LOSS[loss_fn.class_loss]} classes, "
                          f"but the decoding reads them with a {decoding.class_rule}")
+    if decoding.xy_scale != loss_fn.xy_scale:
+        raise ValueError(f"fit_plain: the loss trains xy_scale={loss_fn.xy_scale:g}, but the decoding reads {decoding.xy_scale:g}")
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=max_lr)
     cycle = min(cycle_epochs or max(1, round(2 * epochs / 3)), epochs)
     sched = make_scheduler(opt, max(2, cycle * len(train_loader)))
@@ -41,7 +44,7 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
         for images, targets, _ in train_loader:
             images, targets = images_to_float(images.to(device)), targets.to(device)
             anchors = decoding.fraction_anchors(images.shape[-1], images.shape[-2], device)  # [3, 3, 2] of this input
-            enc = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides)
+            enc = loss_fn.encode(targets, images.shape[0], tuple(images.shape[-2:]), anchors, decoding.strides)
             loss = loss_fn(model(images), enc, anchors)["loss"]
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             total += loss.detach()

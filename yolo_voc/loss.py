@@ -5,16 +5,19 @@
 # %% ../nbs/02_loss.ipynb 3
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .boxes import ANCHORS, STRIDES, wh_iou
+from .boxes import ANCHORS, STRIDES, Decoding, cxcywh_to_xyxy, wh_iou
 
 # %% auto 0
-__all__ = ['encode_targets', 'cell_iou', 'YoloLoss']
+__all__ = ['ASSIGN_RULES', 'BOX_LOSSES', 'encode_targets', 'cell_iou', 'paired_giou', 'paired_ciou', 'encode_ratio_targets',
+           'YoloLoss']
 
 # %% ../nbs/02_loss.ipynb
 def encode_targets(targets: torch.Tensor, batch_size: int, image_size: int | tuple[int, int],
@@ -69,19 +72,141 @@ def cell_iou(pred_xywh: torch.Tensor, target_xywh: torch.Tensor) -> torch.Tensor
     return inter / union.clamp(min=1e-9)
 
 # %% ../nbs/02_loss.ipynb
+def _paired_inter_union(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Intersection and union areas `[...]` of paired xyxy boxes `[..., 4]`."
+    lt, rb = torch.maximum(boxes1[..., :2], boxes2[..., :2]), torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).prod(-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).prod(-1)
+    return inter, area1 + area2 - inter
+
+def paired_giou(boxes1: torch.Tensor, # `[..., 4]` (x1, y1, x2, y2), x1 <= x2 and y1 <= y2
+                boxes2: torch.Tensor, # `[..., 4]` the same format, paired with `boxes1` row by row
+                eps: float = 1e-7, # keeps degenerate boxes finite
+               ) -> torch.Tensor:
+    "Generalized IoU `[...]` of paired xyxy boxes: IoU minus the share of the enclosing box that neither covers; in [-1, 1]."
+    inter, union = _paired_inter_union(boxes1, boxes2)
+    iou = inter / (union + eps)
+    enclose = (torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2])).prod(-1)
+    return iou - (enclose - union) / (enclose + eps)
+
+def paired_ciou(boxes1: torch.Tensor, # `[..., 4]` (x1, y1, x2, y2) predictions, x1 <= x2 and y1 <= y2
+                boxes2: torch.Tensor, # `[..., 4]` targets in the same format, paired with `boxes1` row by row
+                eps: float = 1e-7, # keeps degenerate boxes finite
+               ) -> torch.Tensor:
+    "Complete IoU `[...]` of paired xyxy boxes: IoU - centre distance² / enclosing diagonal² - α v (aspect ratio); α without gradient."
+    inter, union = _paired_inter_union(boxes1, boxes2)
+    iou = inter / (union + eps)
+    c_wh = torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2])
+    c2 = c_wh.square().sum(-1) + eps  # squared diagonal of the enclosing box
+    rho2 = ((boxes1[..., :2] + boxes1[..., 2:]) / 2 - (boxes2[..., :2] + boxes2[..., 2:]) / 2).square().sum(-1)
+    wh1, wh2 = boxes1[..., 2:] - boxes1[..., :2], boxes2[..., 2:] - boxes2[..., :2]
+    v = (4 / math.pi ** 2) * (torch.atan(wh2[..., 0] / (wh2[..., 1] + eps)) - torch.atan(wh1[..., 0] / (wh1[..., 1] + eps))).square()
+    with torch.no_grad(): alpha = v / (1 - iou + v + eps)
+    return iou - rho2 / c2 - alpha * v
+
+# %% ../nbs/02_loss.ipynb
+ASSIGN_RULES = ("one", "ratio", "ratio_neighbours")  #: positive assignment rules, see above
+
+def encode_ratio_targets(targets: torch.Tensor, # collated `[N, 6]`: (image, class, cx, cy, w, h), normalized
+                         batch_size: int, # images in the batch
+                         image_size: int | tuple[int, int], # the input side, or (height, width)
+                         anchors: torch.Tensor = ANCHORS, # `[scales, A, 2]` fractions of this input
+                         strides: Sequence[int] = STRIDES, # of each scale, in the order of `anchors`
+                         anchor_ratio: float = 4.0, # an anchor is positive when both side ratios are below this
+                         neighbours: bool = False, # also the two neighbouring cells nearest to the centre
+                         ignore_threshold: float = 0.5, # unclaimed anchors of the centre cell above this IoU: ignored
+                        ) -> list[torch.Tensor]:
+    "Targets to one grid `[B, A, S, S, 6]` (obj, x, y, w, h, class) per scale by the `ratio` rule, on `targets.device`."
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    dev, t = targets.device, targets.float()
+    n = t.shape[0]
+    img, cls, xy, wh = t[:, 0].long(), t[:, 1], t[:, 2:4], t[:, 4:6]
+    anchors = anchors.to(device=dev, dtype=torch.float32)
+    ns, na = anchors.shape[:2]
+    r = wh[:, None, None, :] / anchors[None]  # [N, scales, A, 2] object / anchor, per side
+    fits = torch.maximum(r, 1 / r).amax(-1) < anchor_ratio  # [N, scales, A]
+    ious = wh_iou(wh, anchors.reshape(-1, 2)).view(n, ns, na)  # [N, scales, A]
+    best = ious.reshape(n, ns * na).argmax(1) if n else torch.zeros(0, dtype=torch.long, device=dev)
+    fits = (fits.reshape(n, ns * na) | F.one_hot(best, ns * na).bool()).view(n, ns, na)  # the best anchor always
+    grids = []
+    for s, stride in enumerate(strides):
+        sy, sx = h // stride, w // stride
+        size = torch.tensor([sx, sy], device=dev)
+        gxy = xy * size.float()  # [N, 2] the centre in cells
+        cell = gxy.long().clamp(min=0).minimum(size - 1)  # [N, 2]
+        cand = [cell]  # [N, 2] cells that may hold the object: its own first
+        if neighbours:
+            side = torch.where(gxy - cell < 0.5, -1, 1)  # towards the nearer edge, per axis
+            cand += [cell + side * torch.tensor([1, 0], device=dev), cell + side * torch.tensor([0, 1], device=dev)]
+        cells = torch.stack(cand, 1)  # [N, K, 2]
+        inside = ((cells >= 0) & (cells < size)).all(-1)  # [N, K]
+        claim = fits[:, s, None, :] & inside[..., None]  # [N, K, A]
+        o, k, a = claim.nonzero(as_tuple=True)
+        cx, cy = cells[o, k, 0], cells[o, k, 1]
+        slot = ((img[o] * na + a) * sy + cy) * sx + cx
+        key = k.clamp(max=1) * n + o  # own cell before a neighbour's, then the earlier object
+        owner = torch.full((batch_size * na * sy * sx,), 2 * n, dtype=torch.long, device=dev)  # 2n: free
+        owner.scatter_reduce_(0, slot, key, reduce="amin")
+        won = owner[slot] == key
+        grid = torch.zeros(batch_size * na * sy * sx, 6, device=dev)
+        base = ((img * na) * sy + cell[:, 1]) * sx + cell[:, 0]  # [N] anchor 0 of the own cell
+        slots = base[:, None] + torch.arange(na, device=dev) * (sy * sx)  # [N, A]
+        grid[slots[(ious[:, s] > ignore_threshold) & (owner[slots] == 2 * n)], 0] = -1.0
+        o, k = o[won], k[won]
+        off = gxy[o] - cells[o, k].float()  # in [0, 1) in the own cell, (-0.5, 1.5) from a neighbour
+        grid[slot[won]] = torch.cat([torch.ones_like(cls[o])[:, None], off, wh[o], cls[o][:, None]], 1)
+        grids.append(grid.view(batch_size, na, sy, sx, 6))  # [B, A, S, S, 6]
+    return grids
+
+# %% ../nbs/02_loss.ipynb
+BOX_LOSSES = ("mse", "giou", "ciou")  #: box losses: the seed's squared errors, or 1 - GIoU / 1 - CIoU of the decoded box
+
+@functools.lru_cache(maxsize=16)
+def _xy_decoding(xy_scale: float) -> Decoding:
+    "A `Decoding` with this `xy_scale`, made once: the loss reads centre offsets with the decoders' own rule."
+    return Decoding(xy_scale=xy_scale)
+
 class YoloLoss(nn.Module):
     "YOLOv3 loss over 3 scales; `forward` returns the weighted total `loss` and the unweighted parts `box`, `obj`, `noobj`, `cls`."
     def __init__(self, anchors: torch.Tensor = ANCHORS, lambda_box: float = 10., lambda_noobj: float = 10.,
                  lambda_obj: float = 1., lambda_class: float = 1., obj_target: str = "iou", class_loss: str = "ce",
-                 obj_loss: str = "mse", eps: float = 1e-9):
+                 obj_loss: str = "mse", eps: float = 1e-9,
+                 box_loss: str = "mse", # "mse" (the seed's, YOLOv3), "giou" or "ciou" on the decoded box
+                 assign: str = "one", # positives: "one", "ratio" or "ratio_neighbours" (see `encode`)
+                 anchor_ratio: float = 4.0, # the side ratio of the "ratio" rules
+                 xy_scale: float = 1.0, # grid sensitivity of the decoding (`boxes.Decoding.xy_scale`) this loss trains
+                ):
         super().__init__()
         for name, value, allowed in [("obj_target", obj_target, ("iou", "one")), ("class_loss", class_loss, ("ce", "bce")),
-                                     ("obj_loss", obj_loss, ("mse", "bce"))]:
+                                     ("obj_loss", obj_loss, ("mse", "bce")), ("box_loss", box_loss, BOX_LOSSES),
+                                     ("assign", assign, ASSIGN_RULES)]:
             if value not in allowed:
                 raise ValueError(f"loss.py: {name}={value!r}, expected one of {allowed}")
+        if not anchor_ratio > 1: raise ValueError(f"loss.py: anchor_ratio={anchor_ratio!r} must be above 1")
+        self.box_loss, self.assign, self.anchor_ratio = box_loss, assign, float(anchor_ratio)
+        self.set_xy_scale(xy_scale)
         self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32).clone(), persistent=False)  # [3, 3, 2]
         self.lambda_box, self.lambda_noobj, self.lambda_obj, self.lambda_class = lambda_box, lambda_noobj, lambda_obj, lambda_class
         self.obj_target, self.class_loss, self.obj_loss, self.eps = obj_target, class_loss, obj_loss, eps
+
+    def set_xy_scale(self, xy_scale: float) -> None:
+        "Train the decoding with this grid sensitivity; `ratio_neighbours` needs at least 2 (its targets reach 1.5 cells)."
+        self.decoding = _xy_decoding(float(xy_scale))  # only its `cell_offsets` is used: the decoders' own rule
+        if self.assign == "ratio_neighbours" and self.decoding.xy_scale < 2:
+            raise ValueError(f"loss.py: assign='ratio_neighbours' puts centres up to 1.5 cells from a neighbour cell's corner, "
+                             f"which xy_scale={xy_scale:g} cannot decode (its offsets reach {(1 + xy_scale) / 2:g}); use xy_scale 2")
+        self.xy_scale = self.decoding.xy_scale
+
+    def encode(self, targets: torch.Tensor, # collated `[N, 6]` (image, class, cx, cy, w, h), normalized
+               batch_size: int, image_size: int | tuple[int, int], # the input side or (height, width)
+               anchors: torch.Tensor, # `[scales, A, 2]` fractions of this input
+               strides: Sequence[int] = STRIDES, ignore_threshold: float = 0.5) -> list[torch.Tensor]:
+        "The target grids `[B, A, S, S, 6]` this loss reads, by its `assign` rule."
+        if self.assign == "one":
+            return encode_targets(targets, batch_size, image_size, anchors, strides, ignore_threshold)
+        return encode_ratio_targets(targets, batch_size, image_size, anchors, strides, self.anchor_ratio,
+                                    self.assign == "ratio_neighbours", ignore_threshold)
 
     def scale_loss(self, pred: torch.Tensor, target: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         "Unweighted `(box, obj, noobj, cls)` `[4]` of one scale: `pred` `[B, 3, S, S, 5+C]`, `target` `[B, 3, S, S, 6]`, `anchors` `[3, 2]`."
@@ -92,15 +217,21 @@ class YoloLoss(nn.Module):
         anc = anchors.view(1, -1, 1, 1, 2)
         # no-object: BCE of the objectness logit against 0
         noobj = (F.binary_cross_entropy_with_logits(pred[..., 0], torch.zeros_like(pred[..., 0]), reduction="none") * neg).sum() / n_neg
-        # box: sigmoid(x, y) vs the cell offsets, raw (w, h) vs log(size / anchor)
-        xy = pred[..., 1:3].sigmoid()
-        t_wh = torch.log((target[..., 3:5] / anc).clamp(min=self.eps))
-        box_err = (xy - target[..., 1:3]).square().sum(-1) + (pred[..., 3:5] - t_wh).square().sum(-1)  # [B, 3, S, S]
-        box = torch.where(pos_mask, box_err, 0.).sum() / (4 * n_pos)
+        # box: the centre offset in the cell as the model's decoding reads it (sigmoid(x, y), stretched by xy_scale)
+        xy = self.decoding.cell_offsets(pred[..., 1:3])  # [B, 3, S, S, 2]
+        grid = pred.new_tensor([pred.shape[3], pred.shape[2]])  # (Sx, Sy): sizes in cells
+        if self.box_loss == "mse":  # the seed's: squared error of the offsets, raw (w, h) vs log(size / anchor)
+            t_wh = torch.log((target[..., 3:5] / anc).clamp(min=self.eps))
+            box_err = (xy - target[..., 1:3]).square().sum(-1) + (pred[..., 3:5] - t_wh).square().sum(-1)  # [B, 3, S, S]
+            box = torch.where(pos_mask, box_err, 0.).sum() / (4 * n_pos)
+        else:  # 1 - GIoU or 1 - CIoU of the decoded box (in cells) with its target
+            p_box = cxcywh_to_xyxy(torch.cat([xy, pred[..., 3:5].clamp(max=10).exp() * anc * grid], -1))
+            t_box = cxcywh_to_xyxy(torch.cat([target[..., 1:3], target[..., 3:5] * grid], -1))
+            box_err = 1 - (paired_ciou if self.box_loss == "ciou" else paired_giou)(p_box, t_box)  # [B, 3, S, S]
+            box = torch.where(pos_mask, box_err, 0.).sum() / n_pos
         # object: sigmoid(obj) vs the IoU of the decoded box with its target (or 1)
         if self.obj_target == "iou":
             with torch.no_grad():
-                grid = pred.new_tensor([pred.shape[3], pred.shape[2]])  # (Sx, Sy): sizes in cells
                 p_wh = pred[..., 3:5].clamp(max=10).exp() * anc * grid
                 goal = cell_iou(torch.cat([xy, p_wh], -1), torch.cat([target[..., 1:3], target[..., 3:5] * grid], -1))
         else:

@@ -31,8 +31,8 @@ from .voc import IMAGE_EXTS, Annotation, exif_orientation, voc_to_yolo_text
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'ImageReadError', 'is_video', 'list_images', 'to_uint8', 'load_image',
            'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector', 'build_model',
-           'resolve_device', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt', 'voc_xml',
-           'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder']
+           'resolve_device', 'is_openvino', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt',
+           'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder']
 
 # %% ../nbs/10_predict.ipynb
 IMAGE_SUFFIXES = IMAGE_EXTS  # what `yolo-voc check` accepts
@@ -260,14 +260,23 @@ def _load_darknet(path, device, image_size: int | None, width_mult: float, depth
     config = dict(num_classes=len(names), width_mult=width_mult, depth_mult=depth_mult)
     return Detector(model, names, image_size or 416, DARKNET_DECODING, config, device, source=str(path))
 
-def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or an `.onnx` export
+def is_openvino(path) -> bool:
+    "Whether `path` names an OpenVINO IR: an `.xml` file, or a folder that holds one."
+    p = Path(path)
+    return p.suffix.lower() == ".xml" or (p.is_dir() and any(p.glob("*.xml")))
+
+def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file, an `.onnx` or OpenVINO export
                   device="cpu", # a torch device, or "auto" (see `resolve_device`)
                   weights_only: bool = True, # False loads pickled objects too: only for files you trust
                   image_size: int | None = None, # the input size (a multiple of 32); None: the file's (416 for Darknet)
                   width_mult: float = 1.0, # Darknet files only: the YOLOv3's width multiplier
                   depth_mult: float = 1.0, # Darknet files only: its depth multiplier
+                  precision: str = "auto", # OpenVINO files only: "auto", "f32" or "bf16" (see `export.choose_precision`)
                  ) -> Detector:
-    "Load a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or a raw ONNX export as a `Detector`."
+    "Load a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or a raw ONNX or OpenVINO export as a `Detector`."
+    if is_openvino(path):  # OpenVINO on the CPU behind the same Detector ("auto" is the CPU for it)
+        from yolo_voc.export import load_openvino_detector
+        return load_openvino_detector(path, "cpu" if device in (None, "", "auto") else device, precision=precision)
     if str(path).lower().endswith(".onnx"):  # ONNX Runtime behind the same Detector (export builds on this module)
         from yolo_voc.export import load_onnx_detector
         return load_onnx_detector(path, str(resolve_device(device)))

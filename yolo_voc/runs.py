@@ -17,8 +17,10 @@ import torch
 from .checkpoint import CheckpointError
 
 # %% auto 0
-__all__ = ['GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'DeviceInfo', 'detect_device', 'default_precision', 'default_batch_size',
-           'run_defaults', 'defaults_table', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'inherited_plan', 'plan_run']
+__all__ = ['GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'RUN_HISTORY', 'DeviceInfo', 'detect_device', 'default_precision',
+           'default_batch_size', 'run_defaults', 'defaults_table', 'UnsupportedGPU', 'gpu_kernels_for',
+           'check_gpu_supported', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'inherited_plan', 'holds_run',
+           'writable_folder', 'plan_run', 'carry_history', 'CloudSession', 'cloud_session', 'fit_args']
 
 # %% ../nbs/08b_runs.ipynb
 @dataclass(frozen=True)
@@ -88,12 +90,49 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 # %% ../nbs/08b_runs.ipynb
+class UnsupportedGPU(RuntimeError):
+    "A GPU that the installed PyTorch has no kernels for (a P100, sm_60, with a torch built from sm_70 up)."
+
+def _arch(target: str) -> tuple[str, tuple[int, int]] | None:
+    "`sm_75` -> ('sm', (7, 5)); `compute_90` -> ('compute', (9, 0)); `sm_90a` -> ('sm', (9, 0)); else None."
+    kind, _, num = target.partition("_")
+    num = num.rstrip("abcdefghijklmnopqrstuvwxyz")
+    if kind not in ("sm", "compute") or len(num) < 2 or not num.isdigit(): return None
+    return kind, (int(num[:-1]), int(num[-1]))
+
+def gpu_kernels_for(capability: tuple[int, int], # the GPU's compute capability, e.g. (7, 5) for a T4
+                    arch_list: list[str], # what `torch.cuda.get_arch_list()` says the build holds
+                   ) -> str | None:
+    "The build target that runs on a GPU of `capability`: a cubin `sm_XY` of its major and no higher minor, or PTX `compute_XY` at or below it; None: none."
+    found = sorted(((t, a) for t in arch_list if (a := _arch(t))), key=lambda x: x[1][1], reverse=True)  # newest first
+    for t, (kind, cc) in found:
+        if kind == "sm" and cc[0] == capability[0] and cc[1] <= capability[1]: return t
+    for t, (kind, cc) in found:
+        if kind == "compute" and cc <= tuple(capability): return t  # PTX, compiled for this GPU when first used
+    return None
+
+def check_gpu_supported(device: DeviceInfo | None = None, # default: this machine's first GPU (`detect_device`)
+                        arch_list: list[str] | None = None, # default: `torch.cuda.get_arch_list()`
+                       ) -> None:
+    "Raise `UnsupportedGPU` in one line when the installed PyTorch can't run on `device` (nothing to check on a CPU)."
+    device = detect_device() if device is None else device
+    if device.accelerator != "cuda" or device.capability is None: return
+    arch_list = torch.cuda.get_arch_list() if arch_list is None else list(arch_list)
+    if not arch_list or gpu_kernels_for(device.capability, arch_list): return
+    built = sorted({a[1] for t in arch_list if (a := _arch(t)) and a[0] == "sm"})
+    raise UnsupportedGPU(f"{device.name} (compute capability {device.capability[0]}.{device.capability[1]}) can't run with this "
+                         f"PyTorch {torch.__version__.split('+')[0]}, built for compute capability "
+                         f"{', '.join(f'{m}.{n}' for m, n in built) or '?'}: on Kaggle choose the accelerator \"GPU T4 x2\" "
+                         "(Settings > Accelerator); elsewhere use a newer GPU or a PyTorch built for this one")
+
+# %% ../nbs/08b_runs.ipynb
 @dataclass
 class RunPlan:
-    "Where a command writes (`run_dir`) and the checkpoint it starts from (`ckpt_path`, None for a new run)."
+    "Where a command writes (`run_dir`), the checkpoint it starts from (`ckpt_path`, None for a new run), and the run whose history it carries on."
     run_dir: str
     ckpt_path: str | None = None
     note: str = ""
+    history_from: str | None = None  # a resumed run's folder that can't be written (its files are copied into run_dir)
 
 def next_run_dir(project: str | Path, name: str = "train") -> Path:
     "`project/name`, or `name2`, `name3`... when it exists."
@@ -120,6 +159,34 @@ def inherited_plan() -> RunPlan | None:
     if not isinstance(saved, dict) or saved.pop("parent", None) != os.getppid(): return None
     return RunPlan(**saved) if int(os.environ.get("LOCAL_RANK") or 0) > 0 else None
 
+#: A run folder's files besides its checkpoints: a resumed run carries them on into a new folder when it must move.
+RUN_HISTORY = ("metrics.csv", "lrs.txt", "config.yaml", "lr_find.json", "lr_find.png")
+
+def holds_run(folder: str | Path) -> bool:
+    "Whether `folder` holds a run (metrics, learning rates or checkpoints written): a new run must not write there."
+    folder = Path(folder)
+    return (any((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in ("metrics.csv", "lrs.txt"))
+            or any((folder / "checkpoints").glob("*.ckpt")))
+
+def writable_folder(folder: str | Path) -> bool:
+    "Whether a run may write in `folder` (or create it): not on a read-only mount and not read-only by its permission bits (which root ignores)."
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    try: read_only_mount = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError): read_only_mount = False
+    return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o200) and not read_only_mount
+
+def _writable_run(command: str, run: Path, ckpt: str | None, project: Path, name: str | None, why: str = "") -> RunPlan:
+    "`run` for `command`, or, when it can't be written or holds another run, a new folder in `project` that carries it on."
+    if writable_folder(run) and not why: return RunPlan(str(run), ckpt)
+    moved = next_run_dir(project, name or run.name)
+    if not writable_folder(moved):
+        raise CheckpointError(f"{run} can't be written, nor {moved}: pass --project (or --trainer.default_root_dir) a writable folder")
+    why = why or f"{run} can't be written"
+    resumed = ckpt and command == "fit" and _run_of(Path(ckpt))
+    return RunPlan(str(moved), ckpt, f"{why}: this {command} writes {moved}" + (f" (carrying on {resumed}'s metrics and "
+                   "learning rates)" if resumed else ""), str(resumed) if resumed else None)
+
 def plan_run(command: str, project: str | Path = "runs/yolo_voc", name: str | None = None,
              root_dir: str | None = None, ckpt_path: str | None = None) -> RunPlan:
     "Decide the run folder and the checkpoint of `command` (fit, validate, test, lr-find); see above."
@@ -127,12 +194,92 @@ def plan_run(command: str, project: str | Path = "runs/yolo_voc", name: str | No
     if ckpt_path in ("last", "best"):
         run = Path(root_dir) if root_dir else (project / name if name else latest_run_dir(project))
         ckpt = run / "checkpoints" / f"{ckpt_path}.ckpt" if run else None
-        if ckpt is not None and ckpt.is_file(): return RunPlan(str(run), str(ckpt))
+        if ckpt is not None and ckpt.is_file(): return _writable_run(command, run, str(ckpt), project, name)
         where = ckpt or f"{project}/*/checkpoints"
         if command != "fit": raise CheckpointError(f"{where}: no {ckpt_path}.ckpt to {command}")
-        return RunPlan(str(run or next_run_dir(project, name or "train")), None, f"no {where} yet: starting a new run")
+        run = run or next_run_dir(project, name or "train")
+        if holds_run(run): return _writable_run(command, run, None, project, name, f"{run} holds a run without {ckpt_path}.ckpt")
+        return RunPlan(str(run), None, f"no {where} yet: starting a new run")
     if ckpt_path:
-        run = Path(root_dir) if root_dir else _run_of(Path(ckpt_path))
-        return RunPlan(str(run or next_run_dir(project, name or command)), str(ckpt_path))
-    if root_dir: return RunPlan(str(root_dir))
+        own = _run_of(Path(ckpt_path))
+        run = Path(root_dir) if root_dir else own
+        if run is None: return RunPlan(str(next_run_dir(project, name or command)), str(ckpt_path))
+        other = command == "fit" and holds_run(run) and (own is None or run.resolve() != own.resolve())
+        plan = _writable_run(command, run, str(ckpt_path), project, name, f"{run} holds another run" if other else "")
+        if command == "fit" and own is not None and plan.history_from is None and Path(plan.run_dir).resolve() != own.resolve():
+            plan.history_from = str(own)  # resumed into a folder of its own: carry the checkpoint's run on there
+        return plan
+    if root_dir:
+        if command == "fit" and holds_run(root_dir):  # never overwrite an earlier run's files
+            return _writable_run(command, Path(root_dir), None, Path(root_dir).parent, Path(root_dir).name,
+                                 f"{root_dir} holds an earlier run (go on with it: --ckpt_path last)")
+        return RunPlan(str(root_dir))
     return RunPlan(str(next_run_dir(project, name or ("train" if command == "fit" else command.replace("-", "_")))))
+
+def carry_history(source: str | Path, # the resumed run's folder (read-only, e.g. in /kaggle/input)
+                  dest: str | Path, # the new run folder
+                 ) -> list[str]:
+    "Copy a run's `RUN_HISTORY` files that `dest` lacks from `source`, so the resumed run's files continue; the names copied."
+    import shutil
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = [f for f in RUN_HISTORY if (source / f).is_file() and not (dest / f).exists()]
+    for f in copied:
+        shutil.copyfile(source / f, dest / f)
+        os.chmod(dest / f, 0o644)  # writable, whatever the source's mode
+    return copied
+
+# %% ../nbs/08b_runs.ipynb
+@dataclass
+class CloudSession:
+    "Where a notebook session on Kaggle, Colab or elsewhere keeps its work, data and runs, and the checkpoint it resumes."
+    platform: str  # "kaggle", "colab" or "local"
+    work: Path  # the working folder (Kaggle: /kaggle/working, saved with each version)
+    data: Path  # where datasets go: outside the saved output on Kaggle (/kaggle/temp), the local disk on Colab
+    project: Path  # the folder of run folders: on Kaggle the saved output, on Colab Google Drive from the start
+    resume_from: Path | None = None  # the last.ckpt a RESUME goes on from (None: a new run)
+    note: str = ""
+
+def _newest_last(pattern_roots: list[Path], name: str) -> Path | None:
+    found = [p for r in pattern_roots if r.is_dir() for p in r.glob(f"**/runs/{name}*/checkpoints/last.ckpt")]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+def cloud_session(resume: bool = False, # go on with the last run (True) or start a new one
+                  name: str = "voc", # the run's name (its folder in `project`)
+                  platform: str | None = None, # "kaggle", "colab" or "local" (None: found from the environment)
+                  kaggle: str | Path = "/kaggle", # Kaggle's top folder (tests pass a simulated one)
+                  drive: str | Path = "/content/drive/MyDrive", # Colab's mounted Google Drive (tests: a plain folder)
+                  local: str | Path | None = None, # the working folder elsewhere (None: a new temporary folder)
+                 ) -> CloudSession:
+    "The folders of a notebook session on Kaggle or Colab (see the tutorial) and, with `resume`, the checkpoint to go on from."
+    import tempfile
+    from yolo_voc.download import cloud_platform
+    platform = platform or cloud_platform(kaggle_dir=Path(kaggle) / "working") or "local"
+    if platform == "kaggle":
+        k = Path(kaggle)
+        s = CloudSession("kaggle", k / "working", k / "temp" / "data", k / "working" / "runs")
+        if resume:  # an earlier version's output, attached as input (read-only): resumed into /kaggle/working
+            s.resume_from = _newest_last([k / "working" / "runs", k / "input"], name)
+            s.note = (f"resuming {s.resume_from}" if s.resume_from else f"RESUME: no runs/{name}*/checkpoints/last.ckpt in "
+                      f"{k / 'input'}: attach this notebook's output (Add Input > Your Work) first; starting a new run")
+    elif platform == "colab":
+        s = CloudSession("colab", Path("/content") if local is None else Path(local), (Path("/content") if local is None else Path(local)) / "data",
+                         Path(drive) / "yolo_voc" / "runs")
+        if resume:
+            s.resume_from = _newest_last([s.project.parent], name)
+            s.note = f"resuming {s.resume_from}" if s.resume_from else f"RESUME: no {s.project}/{name}*/checkpoints/last.ckpt yet; starting a new run"
+    else:
+        work = Path(local) if local is not None else Path(tempfile.mkdtemp(prefix="yolo_voc_tutorial_"))
+        s = CloudSession("local", work, work / "data", work / "runs")
+        if resume: s.resume_from = _newest_last([s.project.parent], name)
+    return s
+
+def fit_args(session: CloudSession, # from `cloud_session`
+             name: str = "voc", # the run's name
+             relative: bool = False, # paths relative to `session.work` (the notebook's working folder) where they lie in it
+            ) -> str:
+    "The `yolo-voc fit` options that put the run in `session.project` (a new folder beside earlier runs) or resume `session.resume_from`."
+    def show(p: Path) -> str:
+        return os.path.relpath(p, session.work) if relative and Path(p).is_relative_to(session.work) else str(p)
+    args = f"--project {show(session.project)} --name {name}"
+    return args + (f" --ckpt_path {show(session.resume_from)}" if session.resume_from else "")

@@ -83,18 +83,18 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 def _place_objects(rng: np.random.Generator, w: int, h: int, n_classes: int, max_objects: int,
-                   difficult_fraction: float, truncated_fraction: float) -> list[dict]:
+                   difficult_fraction: float, truncated_fraction: float, small_fraction: float = 0.4) -> list[dict]:
     "Random objects for one image: class, inclusive pixel box (0-based, clipped), difficult and truncated flags."
     short, objs, large = min(w, h), [], False
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _try in range(20):
             r = rng.random()
-            kind = "small" if r < 0.4 else "large" if r > 0.8 and not large else "medium"
+            kind = "small" if r < small_fraction else "large" if r > 1 - (1 - small_fraction) / 3 and not large else "medium"
             lo, hi = {"small": (0.05, 0.10), "medium": (0.15, 0.30), "large": (0.40, 0.80)}[kind]
             s, ar = rng.uniform(lo, hi) * short, np.exp(rng.uniform(np.log(2 / 3), np.log(1.5)))
             bw, bh = max(4, min(w, round(s * np.sqrt(ar)))), max(4, min(h, round(s / np.sqrt(ar))))
             x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-            trunc = kind != "small" and rng.random() < truncated_fraction / 0.6
+            trunc = kind != "small" and rng.random() < truncated_fraction / (1 - small_fraction)
             if trunc:  # push 20-40 % of the object over one border
                 side, cut = int(rng.integers(4)), rng.uniform(0.2, 0.4)
                 if side == 0: x0 = -round(cut * bw)
@@ -112,7 +112,7 @@ def _place_objects(rng: np.random.Generator, w: int, h: int, n_classes: int, max
         else: continue
         large |= kind == "large"
         objs.append({"cls": int(rng.integers(n_classes)), "full": full, "box": box, "truncated": bool(trunc),
-                     "difficult": bool(kind == "small" and rng.random() < difficult_fraction / 0.4)})
+                     "difficult": bool(kind == "small" and rng.random() < difficult_fraction / small_fraction)})
     return objs
 
 # %% ../nbs/engineering/02_synthetic.ipynb
@@ -141,10 +141,12 @@ def make_synthetic_voc(out: str | Path, # the folder to write VOCdevkit/ into
                        max_objects: int = 6, # objects per image: 1 to this
                        split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), # train, val, test
                        quality: int = 90, # JPEG quality
+                       small_fraction: float = 0.4, # share of small objects (5-10 % of the short side); the rest 2:1 medium:large
                       ) -> Path:
     "Write a synthetic VOCdevkit of coloured shapes to `out`/VOCdevkit/VOC2007, and `out`/VOCdevkit/classes.txt; returns the VOC2007 folder."
     w, h = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if w < 32 or h < 32: raise ValueError(f"image_size {w}x{h} is too small (at least 32x32)")
+    if not 0 < small_fraction < 1: raise ValueError(f"small_fraction={small_fraction!r} must be between 0 and 1")
     if not 1 <= len(class_names) <= 100: raise ValueError(f"{len(class_names)} classes: synthetic data supports 1 to 100")
     bad = [n for n in class_names if not str(n).strip() or str(n).strip() != n or "\n" in n]
     if bad or len(set(class_names)) != len(class_names):
@@ -158,7 +160,7 @@ def make_synthetic_voc(out: str | Path, # the folder to write VOCdevkit/ into
     for iid in ids:
         img = Image.fromarray(_background(rng, w, h))
         draw = ImageDraw.Draw(img)
-        objs = _place_objects(rng, w, h, len(class_names), max_objects, difficult_fraction, truncated_fraction)
+        objs = _place_objects(rng, w, h, len(class_names), max_objects, difficult_fraction, truncated_fraction, small_fraction)
         for o in sorted(objs, key=lambda o: -(o["full"][2] - o["full"][0]) * (o["full"][3] - o["full"][1])):
             shape, colour = styles[o["cls"]]
             colour = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in colour)

@@ -18,7 +18,6 @@ from .boxes import ANCHORS, CLASS_RULE_OF_LOSS, VOC_CLASSES, Decoding, unletterb
 from .decode import postprocess
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_checkpoint_fits
 from .checkpoint import checkpoint_decoding, file_kind, migrate_checkpoint, read_checkpoint
-from .loss import encode_targets
 from .loss import YoloLoss
 from .lr_find import make_scheduler
 from .metrics import MeanAveragePrecision, YoloAccuracy
@@ -132,6 +131,14 @@ class YoloModule(pl.LightningModule):
         class_loss: ce (softmax cross-entropy) or bce (independent logistic classes); the model is decoded with the
             same rule. None: bce when `pretrained` keeps a Darknet model's prediction heads, else ce.
         ignore_threshold: anchors whose IoU with a box exceeds this are not penalised as no-object.
+        box_loss: mse (the seed's YOLOv3 loss: squared errors of the offsets and log sizes), giou or ciou (1 - GIoU /
+            1 - CIoU of the decoded box); see the loss notebook.
+        assign: which anchors hold an object: one (the seed's: the best anchor of each scale in the centre cell),
+            ratio (every anchor within anchor_ratio of the object's sides, YOLOv5) or ratio_neighbours (ratio, also in
+            the two nearest neighbouring cells; needs xy_scale 2).
+        anchor_ratio: the largest side ratio between object and anchor of the ratio rules.
+        xy_scale: grid sensitivity of the decoding, offset = sigmoid(t) * xy_scale - (xy_scale - 1) / 2 (YOLOv4's
+            scale_x_y; 2 is YOLOv5's). None: 2 with ratio_neighbours, else the kept pretrained heads' (1 for Darknet), else 1.
         accuracy_threshold: confidence threshold of the object / no-object accuracies.
         conf_threshold: score threshold of detections for mAP.
         nms_iou: IoU threshold of NMS for mAP.
@@ -151,6 +158,7 @@ class YoloModule(pl.LightningModule):
                  div_factor: float = 25.0, final_div_factor: float | None = None, tail_lr_factor: float = 0.01,
                  lambda_box: float = 10.0, lambda_noobj: float = 10.0, lambda_obj: float = 1.0, lambda_class: float = 1.0,
                  obj_target: str = "iou", obj_loss: str = "bce", class_loss: str | None = None, ignore_threshold: float = 0.5,
+                 box_loss: str = "mse", assign: str = "one", anchor_ratio: float = 4.0, xy_scale: float | None = None,
                  accuracy_threshold: float = 0.05, conf_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100, map_every_n_epochs: int = 1,
                  channels_last: bool = False, compile: bool = False, grad_clip_norm: float | None = None,
@@ -164,13 +172,16 @@ class YoloModule(pl.LightningModule):
         self.class_names = list(class_names or (VOC_CLASSES if num_classes == 20 else [str(i) for i in range(num_classes)]))
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
         # the decoding: the class rule of the loss; anchors of pretrained heads that are kept (Darknet's pixels), else ANCHORS
-        self._class_loss_asked = class_loss
+        self._class_loss_asked, self._xy_scale_asked = class_loss, xy_scale
         kept = pretrained_decoding(pretrained, num_classes, width_mult, depth_mult, backbone)
         class_loss = class_loss or ("bce" if kept is not None and kept.class_rule == "logistic" else "ce")
         self.loss_fn = YoloLoss(ANCHORS, lambda_box=lambda_box, lambda_noobj=lambda_noobj, lambda_obj=lambda_obj,
-                                lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss)
+                                lambda_class=lambda_class, obj_target=obj_target, obj_loss=obj_loss, class_loss=class_loss,
+                                box_loss=box_loss, assign=assign, anchor_ratio=anchor_ratio,
+                                xy_scale=xy_scale if xy_scale is not None else 2.0 if assign == "ratio_neighbours" else 1.0)
         anchors = {} if kept is None else dict(anchors=kept.anchors, anchor_units=kept.anchor_units, strides=kept.strides)
-        self._set_decoding(Decoding.trained_with(class_loss, **anchors))
+        if xy_scale is None: xy_scale = self.loss_fn.xy_scale if kept is None or assign == "ratio_neighbours" else kept.xy_scale
+        self._set_decoding(Decoding.trained_with(class_loss, xy_scale=xy_scale, **anchors))
         self.val_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.test_accuracy = YoloAccuracy(threshold=accuracy_threshold)
         self.val_map = MeanAveragePrecision(num_classes)
@@ -186,6 +197,8 @@ class YoloModule(pl.LightningModule):
         "Decode (and train the class loss) with `decoding` from now on; `hparams.class_loss` says which loss that is."
         self.decoding = decoding
         self.hparams.class_loss = self.loss_fn.class_loss = "bce" if decoding.class_rule == "logistic" else "ce"
+        self.loss_fn.set_xy_scale(decoding.xy_scale)  # the loss reads centres as this decoding does
+        self.hparams.xy_scale = decoding.xy_scale
 
     def anchors_at(self, images: torch.Tensor) -> torch.Tensor:
         "The anchors `[3, 3, 2]` as fractions of the input size of `images` `[B, 3, H, W]`, on their device."
@@ -210,8 +223,8 @@ class YoloModule(pl.LightningModule):
     def _loss(self, images, targets):
         outputs = self(images)
         anchors = self.anchors_at(images)  # fractions of this batch's size: pixel anchors stay pixels at every scale
-        encoded = encode_targets(targets, images.shape[0], tuple(images.shape[-2:]), anchors,
-                                 self.decoding.strides, self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6], on the device
+        encoded = self.loss_fn.encode(targets, images.shape[0], tuple(images.shape[-2:]), anchors, self.decoding.strides,
+                                      self.hparams.ignore_threshold)  # 3 x [B, 3, S, S, 6] by the loss's rule, on the device
         return outputs, encoded, self.loss_fn(outputs, encoded, anchors)
 
     # -- training ---------------------------------------------------------------------------------
@@ -265,6 +278,9 @@ class YoloModule(pl.LightningModule):
             raise CheckpointError(f"{path}: its model was trained with {saved.class_rule} classes (class_loss="
                                   f"{'bce' if saved.class_rule == 'logistic' else 'ce'}), but this run asks for class_loss={asked}; "
                                   "drop --model.class_loss or start a new run")
+        if self._xy_scale_asked is not None and float(self._xy_scale_asked) != saved.xy_scale:
+            raise CheckpointError(f"{path}: its model decodes centres with xy_scale={saved.xy_scale:g}, but this run asks for "
+                                  f"xy_scale={self._xy_scale_asked:g}; drop --model.xy_scale or start a new run")
         self._set_decoding(saved)
 
     def _fitting(self) -> bool:
@@ -272,7 +288,8 @@ class YoloModule(pl.LightningModule):
         except RuntimeError: return False  # not attached to a Trainer (`YoloModule.load_from_checkpoint`)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _map_this_epoch(self) -> bool:
+    def map_this_epoch(self) -> bool:
+        "Whether this epoch's validation computes mAP (every `map_every_n_epochs`, and the last epoch)."
         if self.trainer is None or self.trainer.state.fn != "fit": return True
         last = self.current_epoch + 1 >= (self.trainer.max_epochs or 0)
         return last or (self.current_epoch + 1) % max(1, self.hparams.map_every_n_epochs) == 0
@@ -283,14 +300,14 @@ class YoloModule(pl.LightningModule):
         self.log_dict({f"{prefix}/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=images.shape[0], sync_dist=True)
         accuracy.update(outputs, encoded)
-        if self._map_this_epoch():
+        if self.map_this_epoch():
             update_mean_ap(mean_ap, outputs, infos, self.decoding, self.hparams.conf_threshold, self.hparams.nms_iou,
                            self.hparams.max_detections)
 
     def _eval_epoch_end(self, accuracy, mean_ap, prefix):
         self.log_dict({f"{prefix}/{k}": v for k, v in accuracy.compute().items()})
         accuracy.reset()
-        if self._map_this_epoch():
+        if self.map_this_epoch():
             res = mean_ap.compute()  # per-class results and PR curves stay readable after the reset
             self.log_dict({f"{prefix}/{k}": v for k, v in res.items() if k in ("map50", "map", "map50_voc12", "map75")})
             mean_ap.reset()
