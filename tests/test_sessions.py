@@ -63,19 +63,22 @@ def test_a_line_per_epoch_through_a_pipe(tmp_path, bar):
     assert "\r" not in out or bar == "true"  # no progress bar redraws through a pipe unless asked for
 
 
-def test_max_hours_plans_stops_before_the_limit_and_resumes_the_plan(tmp_path):
+def test_max_hours_plans_and_resumes_the_plan(tmp_path):
+    "A fit given 72 s plans the epochs that fit (never all 1000), ends before the limit, and a resumed run keeps the plan."
     run = tmp_path / "run"
-    hours = 0.012  # 43 s: a 30 s margin leaves 13 s for the fit of 50 epochs that can't all fit
-    out = fit("--trainer.max_epochs", "50", "--max_hours", hours, "--trainer.default_root_dir", run)
-    assert "session plan:" in out and "this session's last" in out, out[-3000:]
+    hours = 0.02  # 72 s: less the 30 s margin, 42 s for a fit of 1000 epochs that can't all fit
+    out = fit("--trainer.max_epochs", "1000", "--max_hours", hours, "--trainer.default_root_dir", run)
+    assert "session plan:" in out, out[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["seconds"] < hours * 3600 and 1 <= summary["epochs"] < 50
+    assert summary["seconds"] < hours * 3600 and 1 <= summary["epochs"] < 1000
     ck = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     plan = next(v["plan"] for k, v in ck["callbacks"].items() if k.startswith("SessionTime"))
-    assert ck["epoch"] + 1 == summary["epochs"] and summary["epochs"] <= plan["epochs"] < 50
+    assert ck["epoch"] + 1 == summary["epochs"] and summary["epochs"] <= plan["epochs"] < 1000
+    # the plan's epochs all ran, unless the session's clock said stop earlier (then the line says so)
+    assert (summary["epochs"] < plan["epochs"]) == ("this session's last" in out), out[-3000:]
     assert ck["lr_schedulers"][0]["lr_lambdas"][0]["cycle_steps"] == plan["cycle_steps"]  # the schedule of the plan
     # resumed (no time limit now): the same plan, to its end
-    out = fit("--trainer.max_epochs", "50", "--trainer.default_root_dir", run, "--ckpt_path", "last")
+    out = fit("--trainer.max_epochs", "1000", "--trainer.default_root_dir", run, "--ckpt_path", "last")
     lines = epoch_lines(out)
     assert [int(e) for e, *_ in lines] == list(range(summary["epochs"] + 1, plan["epochs"] + 1)), out[-3000:]
     assert all(int(n) == plan["epochs"] for _, n, *_ in lines)
@@ -89,6 +92,35 @@ def tree_digest(top: Path) -> dict[str, str]:
 
 def set_read_only(top: Path, read_only: bool) -> None:
     for p in [*top.rglob("*"), top]: p.chmod((0o555 if p.is_dir() else 0o444) if read_only else (0o755 if p.is_dir() else 0o644))
+
+
+class _Strategy:
+    def broadcast(self, x): return x
+
+
+class _Trainer:  # what SessionTime reads of a Trainer at an epoch's last step
+    def __init__(self, current_epoch, max_epochs):
+        self.current_epoch, self.max_epochs, self.strategy = current_epoch, max_epochs, _Strategy()
+        self.fit_loop = type("FitLoop", (), {"max_epochs": max_epochs})()
+
+
+@pytest.mark.parametrize("now, stops", [(60.0, False), (75.0, True), (86.0, True)])
+def test_session_stops_when_the_next_epoch_would_overrun(monkeypatch, now, stops):
+    "3 epochs done since the start (t=0), deadline t=100: the next epoch plus a quarter epoch of validation must end by then."
+    import time
+    from yolo_voc.train import SessionTime
+    st = SessionTime(max_hours=1)
+    st._start, st._epoch0, st._deadline = 0.0, 0, 100.0
+    trainer = _Trainer(current_epoch=2, max_epochs=10)
+    monkeypatch.setattr(time, "monotonic", lambda: now)
+    st._stop_if_next_epoch_overruns(trainer)
+    # at t=60, 20 s per epoch: 60 + 1.25 x 20 = 85 <= 100 goes on; at t=75, 25 s per epoch: 75 + 31.25 > 100 stops
+    assert trainer.fit_loop.max_epochs == (3 if stops else 10)
+
+
+def test_session_margin():
+    from yolo_voc.train import session_margin
+    assert [session_margin(s) for s in (60, 3600, 12 * 3600, 40 * 3600)] == [30.0, 180.0, 900.0, 900.0]
 
 
 def test_kaggle_sessions_simulated(tmp_path):
