@@ -108,7 +108,7 @@ class _Trainer:  # what SessionTime reads of a Trainer at an epoch's last step
 def test_session_stops_when_the_next_epoch_would_overrun(monkeypatch, now, stops):
     "3 epochs done since the start (t=0), deadline t=100: the next epoch plus a quarter epoch of validation must end by then."
     import time
-    from yolo_voc.train import SessionTime
+    from yolo_voc.callbacks import SessionTime
     st = SessionTime(max_hours=1)
     st._start, st._epoch0, st._deadline = 0.0, 0, 100.0
     trainer = _Trainer(current_epoch=2, max_epochs=10)
@@ -119,7 +119,7 @@ def test_session_stops_when_the_next_epoch_would_overrun(monkeypatch, now, stops
 
 
 def test_session_margin():
-    from yolo_voc.train import session_margin
+    from yolo_voc.callbacks import session_margin
     assert [session_margin(s) for s in (60, 3600, 12 * 3600, 40 * 3600)] == [30.0, 180.0, 900.0, 900.0]
 
 
