@@ -206,3 +206,23 @@ def test_names_that_differ_only_in_case(tmp_path, monkeypatch):
     assert d["problems"] == [{"file": files[0], "problem": (
         f"class names that differ only in case: 'Cat' in {', '.join(files[:2])}; "
         f"'cat' in {', '.join(files[2:5])}{rest}; use one spelling")}]
+
+
+def test_kaggle_layout_says_what_its_map_means(tmp_path):
+    "The Kaggle copy has no difficult flags: the run's report says its mAP is not the VOC07 figure; VOC data and the synthetic set say nothing."
+    from yolo_voc.callbacks import evaluation_note
+    from yolo_voc.data import VOCDataModule
+    voc = make_synthetic_voc(tmp_path / "v", n_images=4, image_size=(96, 64), seed=2)
+    kg = tmp_path / "kaggle"
+    (kg / "images").mkdir(parents=True); (kg / "labels").mkdir()
+    recs = load_annotations(voc, None)
+    for r in recs:
+        shutil.copy(r.image_path, kg / "images")
+        (kg / "labels" / f"{r.image_id}.txt").write_text(voc_to_yolo_text(r))
+    (kg / "train.csv").write_text("image,label\n" + "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs))
+    (kg / "test.csv").write_text("image,label\n" + "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs))
+    note = VOCDataModule(kg).evaluation_note()
+    assert note.startswith("the Kaggle layout has no `difficult` flags") and "not the VOC07 figure" in note
+    assert VOCDataModule(voc).evaluation_note() is None and VOCDataModule(None).evaluation_note() is None
+    trainer = type("T", (), {"datamodule": VOCDataModule(kg)})()
+    assert evaluation_note(trainer) == note and evaluation_note(object()) is None

@@ -33,8 +33,8 @@ from .runs import default_precision, RunPlan, carry_history, check_gpu_supported
 # %% auto 0
 __all__ = ['VAL_STEP_COST', 'SUMMARY_KEYS', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles', 'EpochTimeEstimate',
            'format_duration', 'range_test_running', 'EpochLine', 'interactive_output', 'session_margin', 'SessionTime',
-           'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'RunReport', 'BestCheckpoint',
-           'run_callbacks', 'quiet_lightning_tips', 'make_trainer']
+           'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'evaluation_note', 'RunReport',
+           'BestCheckpoint', 'run_callbacks', 'quiet_lightning_tips', 'make_trainer']
 
 # %% ../nbs/08a_callbacks.ipynb
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -400,6 +400,11 @@ def format_table(values: dict) -> str:
     lines += [f"{k:<{w}}  {v:.4f}" if isinstance(v, float) else f"{k:<{w}}  {v}" for k, v in values.items()]
     return "\n".join(lines)
 
+def evaluation_note(trainer) -> str | None:
+    "The data module's word on what its mAP means (`VOCDataModule.evaluation_note`), if it has one."
+    note = getattr(getattr(trainer, "datamodule", None), "evaluation_note", None)
+    return note() if callable(note) else None
+
 class RunReport(Callback):
     "After fit, validate and test (rank 0): metrics table, per-class evaluation, plots and a summary JSON in the run folder."
     def __init__(self, run_dir: str | Path):
@@ -433,9 +438,11 @@ class RunReport(Callback):
                        checkpoints={n: str(ckpt_dir / f"{n}.ckpt") if (ckpt_dir / f"{n}.ckpt").exists() else None
                                     for n in ("last", "best")},
                        run_dir=str(self.run_dir))
+        if note := evaluation_note(trainer): summary["note"] = note
         self._write("summary.json", summary)
         print(format_table({k: summary[k] for k in SUMMARY_KEYS if summary[k] is not None} |
                            {"epochs": summary["epochs"], "seconds": summary["seconds"]}))
+        if note: print(f"note: {note}")
         print(f"run directory: {self.run_dir} (summary.json, per_class.csv, plots/, checkpoints/)")
 
     def _stage_end(self, trainer, pl_module, stage: str, prefix: str, mean_ap):

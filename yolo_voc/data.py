@@ -25,7 +25,7 @@ from .boxes import VOC_CLASSES, cxcywh_to_xyxy, letterbox_params, xyxy_to_cxcywh
 from .transforms import (MULTISCALE_SIZES, decode_factor, eval_transforms, mosaic, multiscale_size, read_checked,
                                  resize_batch, seed_transforms, train_transforms)
 from .synthetic import make_synthetic_voc
-from .voc import DatasetError, check_dataset, dataset_class_names, load_annotations
+from .voc import DatasetError, check_dataset, dataset_class_names, find_dataset, load_annotations
 
 # %% auto 0
 __all__ = ['SYNTHETIC_AUGMENT', 'image_to_tensor', 'images_to_float', 'boxes_to_target', 'VOCDataset', 'mosaic_fraction',
@@ -312,6 +312,14 @@ class VOCDataModule(pl.LightningDataModule):
         if self.root is not None: return Path(self.root)
         hp = self.hparams
         return synthetic_dataset(hp.synthetic_images, tuple(hp.synthetic_image_size), hp.seed, self.synthetic_class_names())
+
+    def evaluation_note(self) -> str | None:
+        "What this data's mAP means where it is not the papers' VOC07 figure: the Kaggle layout has no `difficult` flags."
+        if self.root is None: return None
+        try: kind = find_dataset(self.dataset_root()).kind
+        except DatasetError: return None
+        return (None if kind != "kaggle" else "the Kaggle layout has no `difficult` flags, so this mAP counts every box; it is not "
+                "the VOC07 figure papers report, which leaves the boxes marked difficult out")
 
     def augment_params(self) -> dict[str, Any]:
         "The `TrainAugment` overrides in use: `augment`, else `SYNTHETIC_AUGMENT` for the synthetic dataset."
