@@ -13,8 +13,8 @@ import torch
 import torchvision
 
 # %% auto 0
-__all__ = ['VOC_CLASSES', 'ANCHORS', 'STRIDES', 'CLASS_RULES', 'ANCHOR_UNITS', 'CLASS_RULE_OF_LOSS', 'xyxy_to_cxcywh',
-           'cxcywh_to_xyxy', 'normalize_boxes', 'denormalize_boxes', 'box_iou', 'wh_iou', 'Letterbox',
+__all__ = ['VOC_CLASSES', 'ANCHORS', 'STRIDES', 'CLASS_RULES', 'ANCHOR_UNITS', 'CLASS_RULE_OF_LOSS', 'default_class_names',
+           'xyxy_to_cxcywh', 'cxcywh_to_xyxy', 'normalize_boxes', 'denormalize_boxes', 'box_iou', 'wh_iou', 'Letterbox',
            'letterbox_params', 'letterbox_boxes', 'unletterbox_boxes', 'Decoding']
 
 # %% ../nbs/00_boxes.ipynb
@@ -32,6 +32,10 @@ ANCHORS = torch.tensor([
 
 #: Downsampling factor of each detection head, in the order of `ANCHORS`.
 STRIDES: tuple[int, ...] = (32, 16, 8)
+
+def default_class_names(num_classes: int) -> list[str]:
+    "The names of a model that carries none: the 20 VOC names for 20 classes, else '0'..'C-1' (the one fallback)."
+    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
 
 # %% ../nbs/00_boxes.ipynb
 def _stack(parts, like):

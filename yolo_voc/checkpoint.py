@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .boxes import VOC_CLASSES, Decoding
+from .boxes import VOC_CLASSES, Decoding, default_class_names
 
 # %% auto 0
 __all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_FORMATS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_MIGRATIONS', 'atomic_write', 'CheckpointError',
@@ -149,7 +149,7 @@ def read_checkpoint(path, weights_only: bool = True) -> dict:
                               f"found keys {sorted(map(str, ckpt))[:10]}")
     names = hp.get("class_names")
     num_classes = int(hp.get("num_classes") or len(names or VOC_CLASSES))
-    if names is None: names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
+    if names is None: names = default_class_names(num_classes)
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for num_classes={num_classes}")
     size = hp.get("image_size") or 416
@@ -186,7 +186,7 @@ def save_weights(obj, # a `predict.Detector`, a training `LightningModule` or a 
     missing = [k for k in ("num_classes", "width_mult", "depth_mult") if k not in cfg]
     if missing: raise ValueError(f"save_weights: pass the model settings {missing} (they can't be read from {type(obj).__name__})")
     cfg.setdefault("backbone", "darknet53")
-    class_names = list(class_names or (VOC_CLASSES if cfg["num_classes"] == 20 else [str(i) for i in range(cfg["num_classes"])]))
+    class_names = list(class_names or default_class_names(cfg["num_classes"]))
     if isinstance(image_size, (list, tuple)): image_size = max(image_size)
     payload = {"format": WEIGHTS_FORMAT, "model": cfg, "class_names": class_names, "image_size": int(image_size or 416),
                "decoding": decoding.to_dict(), "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())

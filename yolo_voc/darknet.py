@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .boxes import VOC_CLASSES, Decoding
+from .boxes import Decoding, default_class_names
 from .checkpoint import atomic_write
 from .model import ConvBlock, Darknet53, PredictionConv, YOLOv3
 
@@ -332,8 +332,7 @@ def darknet_cfg(model: YOLOv3, # a Darknet-53 YOLOv3 of any width, depth and cla
 def darknet_class_names(num_classes: int) -> list[str]:
     "Class names for a file of `num_classes`: COCO's for 80, VOC's for 20, else '0'..'C-1'."
     if num_classes == len(COCO_CLASSES): return list(COCO_CLASSES)
-    if num_classes == len(VOC_CLASSES): return list(VOC_CLASSES)
-    return [str(i) for i in range(num_classes)]
+    return default_class_names(num_classes)
 
 def model_from_darknet(path: str | os.PathLike, # a full YOLOv3 `.weights` file
                        width_mult: float = 1.0, # the model's width multiplier (Darknet's own files: 1.0)

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateFinder
 from pytorch_lightning.utilities import rank_zero_info
 
-from .boxes import ANCHORS, CLASS_RULE_OF_LOSS, VOC_CLASSES, Decoding, unletterbox_boxes
+from .boxes import ANCHORS, CLASS_RULE_OF_LOSS, Decoding, default_class_names, unletterbox_boxes
 from .decode import postprocess
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_checkpoint_fits
 from .checkpoint import checkpoint_decoding, file_kind, migrate_checkpoint, read_checkpoint
@@ -169,7 +169,7 @@ class YoloModule(pl.LightningModule):
         # saved in checkpoints; not sent to loggers, which would clash with the DataModule's own `class_names` (None
         # when they are the default) although they are the same classes
         self.save_hyperparameters(logger=False)
-        self.class_names = list(class_names or (VOC_CLASSES if num_classes == 20 else [str(i) for i in range(num_classes)]))
+        self.class_names = list(class_names or default_class_names(num_classes))
         self.model = YOLOv3(num_classes, width_mult=width_mult, depth_mult=depth_mult, backbone=backbone)
         # the decoding: the class rule of the loss; anchors of pretrained heads that are kept (Darknet's pixels), else ANCHORS
         self._class_loss_asked, self._xy_scale_asked = class_loss, xy_scale
