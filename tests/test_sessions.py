@@ -118,6 +118,39 @@ def test_session_stops_when_the_next_epoch_would_overrun(monkeypatch, now, stops
     assert trainer.fit_loop.max_epochs == (3 if stops else 10)
 
 
+class _Module:
+    def __init__(self, trainer): self.trainer = trainer
+    def cycle_steps(self): return 10 * self.trainer.fit_loop.max_epochs  # stands in for YoloModule's: 10 steps an epoch
+
+
+class _Lambda:
+    cycle_steps = 0
+
+
+@pytest.mark.parametrize("now, epochs", [(30.0, 3), (12.0, 8), (5.0, 10)])
+def test_session_plan_revised_after_the_first_epoch(monkeypatch, now, epochs):
+    "Planned for 10 epochs; the first whole epoch (t=0..now) shows how many fit before the deadline t=100: never more than planned."
+    import time
+    from yolo_voc.callbacks import SessionTime
+    st = SessionTime(max_hours=1)
+    trainer = _Trainer(current_epoch=0, max_epochs=10)
+    trainer.callbacks = []  # no LR range test running
+    lam = _Lambda()
+    trainer.lr_scheduler_configs = [type("Config", (), {"scheduler": type("S", (), {"lr_lambdas": [lam]})()})()]
+    module = _Module(trainer)
+    st._start, st._epoch0 = 0.0, None  # as on_fit_start leaves them
+    st._deadline, st._planned_here, st.plan = 100.0, True, dict(epochs=10, seconds_per_epoch=2.0, cycle_steps=100)
+    monkeypatch.setattr(time, "monotonic", lambda: 0.0)
+    st.on_train_epoch_start(trainer, module)  # the first epoch starts at t=0
+    trainer.current_epoch = 1
+    monkeypatch.setattr(time, "monotonic", lambda: now)
+    st.on_train_epoch_start(trainer, module)  # the second: 30 s an epoch fits 3 in 100 s, 12 s fits 8, 5 s all 10
+    assert trainer.fit_loop.max_epochs == epochs and st.plan["epochs"] == epochs
+    assert lam.cycle_steps == (10 * epochs if epochs < 10 else 0) and st.plan["cycle_steps"] == (10 * epochs if epochs < 10 else 100)
+    st.on_train_epoch_start(trainer, module)  # revised once only
+    assert st._revised
+
+
 def test_session_margin():
     from yolo_voc.callbacks import session_margin
     assert [session_margin(s) for s in (60, 3600, 12 * 3600, 40 * 3600)] == [30.0, 180.0, 900.0, 900.0]

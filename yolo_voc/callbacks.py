@@ -241,7 +241,8 @@ class SessionTime(Callback):
                  steps: int = 10): # training steps timed (after the first, which warms up)
         self.max_hours, self.steps = max_hours, steps
         self.plan: dict | None = None  # {"epochs", "seconds_per_epoch", "cycle_steps"}: made once per run, kept on resume
-        self._start = self._t0 = self._deadline = None
+        self._start = self._t0 = self._deadline = self._first_epoch_start = None
+        self._planned_here = self._revised = False  # a plan made in this session is revised once, after its first epoch
 
     def state_dict(self) -> dict: return dict(plan=self.plan)
     def load_state_dict(self, state: dict) -> None: self.plan = state.get("plan")
@@ -256,7 +257,8 @@ class SessionTime(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if range_test_running(trainer): return
-        if self._epoch0 is None: self._epoch0 = trainer.current_epoch
+        if self._epoch0 is None: self._epoch0, self._first_epoch_start = trainer.current_epoch, time.monotonic()
+        elif self._planned_here and not self._revised: self._revise_plan(trainer, pl_module)
         self._t0 = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -277,18 +279,36 @@ class SessionTime(Callback):
         left = self._deadline - (now - per_step * (batch_idx + 1))  # from this epoch's start
         epochs = int(min(trainer.max_epochs, max(1, left // per_epoch)))
         epochs = int(trainer.strategy.broadcast(epochs))  # every rank trains rank 0's plan
-        trainer.fit_loop.max_epochs = epochs
-        cycle = pl_module.cycle_steps()  # the one cycle for the epochs that fit
-        for config in trainer.lr_scheduler_configs:
-            for f in getattr(config.scheduler, "lr_lambdas", []):
-                if hasattr(f, "cycle_steps"): f.cycle_steps = cycle  # saved with the scheduler's state
-        self.plan = dict(epochs=epochs, seconds_per_epoch=round(per_epoch, 1), cycle_steps=cycle)
+        cycle = self._set_epochs(trainer, pl_module, epochs)
+        self.plan, self._planned_here = dict(epochs=epochs, seconds_per_epoch=round(per_epoch, 1), cycle_steps=cycle), True
         ends = per_epoch * epochs - per_step * (batch_idx + 1)
         margin = session_margin(self.max_hours * 3600)
         rank_zero_info(f"yolo-voc: session plan: {epochs} epoch(s) of about {format_duration(per_epoch)} ({per_step:.3g} s per "
                        f"step, measured on steps 1-{batch_idx}; validation estimated), one cycle over {cycle} steps; "
                        f"training ends about {_clock(ends)}, before the limit at {_clock(self._deadline - now)} "
                        f"({self.max_hours:g} h less {format_duration(margin)})")
+
+    @staticmethod
+    def _set_epochs(trainer, pl_module, epochs: int) -> int:
+        "Train `epochs` epochs with the one cycle planned over them; returns the cycle's steps."
+        trainer.fit_loop.max_epochs = epochs
+        cycle = pl_module.cycle_steps()  # the one cycle for the epochs that fit
+        for config in trainer.lr_scheduler_configs:
+            for f in getattr(config.scheduler, "lr_lambdas", []):
+                if hasattr(f, "cycle_steps"): f.cycle_steps = cycle  # saved with the scheduler's state
+        return cycle
+
+    def _revise_plan(self, trainer, pl_module) -> None:
+        "After the first whole epoch (validation included): fewer epochs, and the cycle over them, if fewer fit than planned."
+        self._revised = True
+        per_epoch = time.monotonic() - self._first_epoch_start  # the steps timed for the plan leave out validation and overheads
+        fit = int(trainer.strategy.broadcast(int((self._deadline - self._first_epoch_start) // per_epoch)))
+        epochs = max(trainer.current_epoch + 1, self._epoch0 + fit)
+        if epochs >= self.plan["epochs"]: return
+        cycle = self._set_epochs(trainer, pl_module, epochs)
+        self.plan = dict(epochs=epochs, seconds_per_epoch=round(per_epoch, 1), cycle_steps=cycle)
+        rank_zero_info(f"yolo-voc: session plan revised after the first epoch ({format_duration(per_epoch)} with its "
+                       f"validation): {epochs} epoch(s), one cycle over {cycle} steps")
 
     def _stop_if_next_epoch_overruns(self, trainer) -> None:
         "At an epoch's last step: when the next epoch would end after the deadline, make this one the session's last."
