@@ -104,15 +104,21 @@ def test_broken_voc(tmp_path, monkeypatch):
     for f, p in got: assert f"{f}: {p}" in lines
 
 
-def test_broken_kaggle(tmp_path, monkeypatch):
-    voc = make_synthetic_voc(tmp_path / "v", n_images=8, image_size=(96, 64), seed=2)
-    kg = tmp_path / "kaggle"
+def kaggle_copy(voc: Path, kg: Path) -> list:
+    "The Kaggle layout of `voc` in `kg` (images/, labels/*.txt, train.csv of every image); returns its records."
     (kg / "images").mkdir(parents=True); (kg / "labels").mkdir()
     recs = load_annotations(voc, None)
     for r in recs:
         shutil.copy(r.image_path, kg / "images")
         (kg / "labels" / f"{r.image_id}.txt").write_text(voc_to_yolo_text(r))
     (kg / "train.csv").write_text("image,label\n" + "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs))
+    return recs
+
+
+def test_broken_kaggle(tmp_path, monkeypatch):
+    voc = make_synthetic_voc(tmp_path / "v", n_images=8, image_size=(96, 64), seed=2)
+    kg = tmp_path / "kaggle"
+    kaggle_copy(voc, kg)
     (kg / "test.csv").write_text("000001.jpg,000001.txt\n")
     L = kg / "labels"
     (L / "000001.txt").write_text("3 0.5 0.5 0.2\n")                 # wrong field count
@@ -214,12 +220,7 @@ def test_kaggle_layout_says_what_its_map_means(tmp_path):
     from yolo_voc.data import VOCDataModule
     voc = make_synthetic_voc(tmp_path / "v", n_images=4, image_size=(96, 64), seed=2)
     kg = tmp_path / "kaggle"
-    (kg / "images").mkdir(parents=True); (kg / "labels").mkdir()
-    recs = load_annotations(voc, None)
-    for r in recs:
-        shutil.copy(r.image_path, kg / "images")
-        (kg / "labels" / f"{r.image_id}.txt").write_text(voc_to_yolo_text(r))
-    (kg / "train.csv").write_text("image,label\n" + "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs))
+    recs = kaggle_copy(voc, kg)
     (kg / "test.csv").write_text("image,label\n" + "".join(f"{r.image_id}.jpg,{r.image_id}.txt\n" for r in recs))
     note = VOCDataModule(kg).evaluation_note()
     assert note.startswith("the Kaggle layout has no `difficult` flags") and "not the VOC07 figure" in note
