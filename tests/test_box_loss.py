@@ -9,12 +9,11 @@ import torch
 from yolo_voc.boxes import VOC_CLASSES, Decoding, unletterbox_boxes
 from yolo_voc.decode import decode_outputs, postprocess
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint
-from yolo_voc.data import VOCDataModule
 from yolo_voc.predict import load_detector
 from yolo_voc.callbacks import make_trainer
 from yolo_voc.train import YoloModule
 
-from tiny_models import CFG, tiny_model
+from tiny_models import tiny_datamodule, tiny_module
 
 NAMES = list(VOC_CLASSES[:3])
 SIZE = 128
@@ -27,13 +26,12 @@ def cache(tmp_path_factory, monkeypatch):
 
 
 def datamodule():
-    return VOCDataModule(None, image_size=SIZE, batch_size=4, num_workers=0, synthetic_images=16, class_names=NAMES)
+    return tiny_datamodule(NAMES, SIZE)
 
 
 def module(**kw) -> YoloModule:
-    m = YoloModule(**CFG, class_names=NAMES, image_size=SIZE, max_lr=1e-3, conf_threshold=0.05, **kw)
-    m.model.load_state_dict(tiny_model().state_dict())
-    return m
+    "The tiny model of the predict tests (lively heads) in a YoloModule."
+    return tiny_module(NAMES, SIZE, **kw)
 
 
 def test_options_reach_the_loss_and_the_decoding():

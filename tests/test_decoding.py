@@ -11,12 +11,11 @@ from yolo_voc import train
 from yolo_voc.boxes import VOC_CLASSES, Decoding
 from yolo_voc.decode import decode_outputs, postprocess
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
-from yolo_voc.data import VOCDataModule
 from yolo_voc.predict import load_detector
 from yolo_voc.train import YoloModule
 from yolo_voc.callbacks import make_trainer
 
-from tiny_models import CFG, tiny_model
+from tiny_models import CFG, tiny_datamodule, tiny_model, tiny_module
 
 NAMES = list(VOC_CLASSES[:3])
 SIZE = 128
@@ -29,14 +28,12 @@ def cache(tmp_path_factory, monkeypatch):
 
 
 def datamodule():
-    return VOCDataModule(None, image_size=SIZE, batch_size=4, num_workers=0, synthetic_images=16, class_names=NAMES)
+    return tiny_datamodule(NAMES, SIZE)
 
 
 def module(**kw) -> YoloModule:
     "The tiny model of the predict tests (lively heads) in a YoloModule."
-    m = YoloModule(**CFG, class_names=NAMES, image_size=SIZE, max_lr=1e-3, conf_threshold=0.05, **kw)
-    m.model.load_state_dict(tiny_model().state_dict())
-    return m
+    return tiny_module(NAMES, SIZE, **kw)
 
 
 class Spy:

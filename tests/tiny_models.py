@@ -20,3 +20,17 @@ def tiny_model(seed: int = 0) -> YOLOv3:
                 m.conv.bias.zero_()
                 m.shift.view(3, -1)[:, 0] = -6.5  # a few confident anchors, most not
     return model.eval()
+
+
+def tiny_datamodule(class_names, image_size: int = 128):
+    "The synthetic set at `image_size`, 16 images of `class_names`, read in the test process (no workers)."
+    from yolo_voc.data import VOCDataModule
+    return VOCDataModule(None, image_size=image_size, batch_size=4, num_workers=0, synthetic_images=16, class_names=class_names)
+
+
+def tiny_module(class_names, image_size: int = 128, **kw):
+    "`tiny_model` (lively heads) in a YoloModule with `class_names`; `kw` are YoloModule options."
+    from yolo_voc.train import YoloModule
+    m = YoloModule(**CFG, class_names=class_names, image_size=image_size, max_lr=1e-3, conf_threshold=0.05, **kw)
+    m.model.load_state_dict(tiny_model().state_dict())
+    return m
