@@ -291,13 +291,14 @@ def config_of(args) -> dict:
 
 
 def save_results(name: str, result: dict, args=None, command: str | None = None,
-                 directory: Path | None = None) -> Path:
-    "Write `result` (with its `conditions` block) to `<directory>/<machine>-<YYYYMMDD>-<name>.json` atomically."
+                 directory: Path | None = None, file_name: str | None = None) -> Path:
+    """Write `result` (with its `conditions` block) to `<directory>/<machine>-<YYYYMMDD>-<file_name or name>.json`
+    atomically; `file_name` keeps apart two configurations of one benchmark run on the same day."""
     cond = result.get("conditions")
     if not isinstance(cond, dict) or "machine" not in cond or "date" not in cond:
         raise ValueError(f"{name}: the result has no conditions block: record one with Conditions(...).finish()")
     if directory is None: directory = getattr(args, "results_dir", None) or RESULTS_DIR
-    path = result_path(name, cond["machine"], cond["date"], directory)
+    path = result_path(file_name or name, cond["machine"], cond["date"], directory)
     if path.exists():
         try:
             if json.loads(path.read_text()).get("publishable") and not cond["publishable"]:

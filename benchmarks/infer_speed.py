@@ -173,6 +173,9 @@ def main(argv=None) -> int:
         val_images = [a.image_path for a in val]
         truth_from_data = [dict(boxes=a.boxes, labels=a.labels, difficult=a.difficult) for a in val]
         args.size, args.num_classes = det.image_size, det.num_classes
+        # the checkpoint's architecture, not the defaults of --width-mult / --depth-mult (which it ignores)
+        args.width_mult = det.model_config.get("width_mult", args.width_mult)
+        args.depth_mult = det.model_config.get("depth_mult", args.depth_mult)
     else:
         torch.manual_seed(0)
         names = [f"class{i}" for i in range(args.num_classes)]
@@ -288,7 +291,8 @@ def main(argv=None) -> int:
                   results=rows, ratios=ratios, accuracy=accuracy, goals=goals)
     result["conditions"] = cond.finish()
     shutil.rmtree(d, ignore_errors=True)
-    if args.save_results: save_results("infer_speed", result, args)
+    # a trained model's run gets a file of its own: on the same day it must not replace the full-model figure
+    if args.save_results: save_results("infer_speed", result, args, file_name="infer_speed-trained" if args.ckpt else None)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

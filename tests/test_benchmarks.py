@@ -229,6 +229,16 @@ def test_save_results(tmp_path):
         C.save_results("demo", dict(seconds=1.0), directory=tmp_path)
 
 
+def test_save_results_file_name_keeps_configurations_apart(tmp_path):
+    "A second configuration of one benchmark on the same day (infer_speed --ckpt) gets its own file, same benchmark."
+    cond = C.Conditions(name="infer_speed", loadavg=loads(0.0)).start().finish()
+    first = C.save_results("infer_speed", dict(x=1, conditions=cond), directory=tmp_path)
+    second = C.save_results("infer_speed", dict(x=2, conditions=cond), directory=tmp_path, file_name="infer_speed-trained")
+    assert first != second and second.name.endswith("-infer_speed-trained.json")
+    assert json.loads(first.read_text())["result"] == {"x": 1}  # not replaced
+    assert json.loads(second.read_text())["benchmark"] == "infer_speed"
+
+
 # -- box_loss.py (issue 26) ------------------------------------------------------------------------------------------
 def test_box_loss_quick_json(tmp_path):
     "One tiny run of the baseline on the default set: the figures of the summary, the table, the files."
