@@ -80,7 +80,7 @@ from yolo_voc.loss import encode_targets
 from yolo_voc.loss import YoloLoss
 from yolo_voc.metrics import MeanAveragePrecision
 from yolo_voc.model import YOLOv3
-from yolo_voc.train import LOSS_DEFAULTS, param_groups
+from yolo_voc.train import param_groups
 from yolo_voc.synthetic import make_synthetic_voc
 from yolo_voc.voc import load_annotations
 
@@ -339,7 +339,7 @@ def run(args, tmp: Path, cond: Conditions | None = None) -> dict:
     out["gflop_per_image_fwd_bwd"] = flops / 1e9
     log(f"  {out['parameters']:,} parameters, {flops / 1e9:.2f} GFLOP per image forward + backward")
     batches = random_batches(4, args.batch_size, args.image_size, args.num_classes, device, args.seed)
-    loss_fn = YoloLoss(ANCHORS, **LOSS_DEFAULTS).to(device)  # what training uses
+    loss_fn = YoloLoss(ANCHORS).to(device)  # what training uses: its defaults are training's
     anchors = ANCHORS.to(device)
     peak_mem = {}
 

@@ -1,5 +1,5 @@
 """Tests for yolo_voc.plots: the drawing function and colours, results.png, PR curves, confusion matrix, the
-evaluation report and the PredictionImages callback; every picture is checked for content, not only existence."""
+evaluation report and the PredictionImages callback (callbacks.py); every picture is checked for content, not only existence."""
 from __future__ import annotations
 
 import csv
@@ -251,7 +251,7 @@ def test_prediction_images_callback(tmp_path, synth_voc):
     from tiny_models import NAMES, tiny_model
     from yolo_voc.boxes import Decoding
     from yolo_voc.data import VOCDataset
-    from yolo_voc.plots import PredictionImages
+    from yolo_voc.callbacks import PredictionImages
     from yolo_voc.voc import load_annotations
     model = tiny_model()
 

@@ -73,6 +73,59 @@ def test_cpu_defaults_depend_on_the_data(monkeypatch):
     assert (real["model.width_mult"], real["data.image_size"], real["trainer.precision"]) == (1.0, 416, "32-true")
 
 
+# what `yolo-voc fit` trains with on a CPU when nothing is given: the synthetic set's small run, or a real tree's full one
+CPU_SYNTHETIC = {"model.width_mult": 0.25, "model.depth_mult": 0.33, "model.image_size": 192, "model.map_every_n_epochs": 4,
+                 "data.image_size": 192, "data.batch_size": 16, "data.num_workers": 1, "data.synthetic_images": 800,
+                 "data.synthetic_classes": 10, "trainer.max_epochs": 12, "trainer.precision": "32-true"}
+CPU_REAL = {**CPU_SYNTHETIC, "model.width_mult": 1.0, "model.depth_mult": 1.0, "model.image_size": 416, "model.map_every_n_epochs": 5,
+            "data.image_size": 416, "data.batch_size": 8, "data.num_workers": min(4, os.cpu_count() or 1),
+            "data.synthetic_images": 64, "data.synthetic_classes": 20, "trainer.max_epochs": 30}  # synthetic_*: the class's own
+
+
+def resolved(cli_obj) -> dict:
+    "The values of CPU_SYNTHETIC's keys that the instantiated model, data module and trainer of `cli_obj` hold."
+    out = {f"model.{k}": cli_obj.model.hparams[k] for k in ("width_mult", "depth_mult", "image_size", "map_every_n_epochs")}
+    out.update({f"data.{k}": cli_obj.datamodule.hparams[k] for k in ("image_size", "batch_size", "num_workers",
+                                                                       "synthetic_images", "synthetic_classes")})
+    precision = cli_obj.trainer.precision
+    return {**out, "trainer.max_epochs": cli_obj.trainer.max_epochs, "trainer.precision": precision}
+
+
+@pytest.mark.parametrize("where", ["absent", "command line", "config file", "both"])
+def test_auto_defaults_follow_the_parsed_data_root(tmp_path, monkeypatch, where):
+    "`--data.root` on the command line, in a --config file, or absent: the parsed config, not argv, picks the CPU defaults;"
+    " a value the user gives stays; `--print_config` shows \"auto\" for what the data decides, and reads back."
+    from yolo_voc.lightning_cli import YoloCLI
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    voc = make_synthetic_voc(tmp_path / "data", n_images=4, image_size=(64, 48), seed=0, class_names=VOC_CLASSES[:2])
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "data")}, "model": {"depth_mult": 0.5}}))
+    args = {"absent": [], "command line": ["--data.root", str(tmp_path / "data")], "config file": ["--config", str(tmp_path / "run.yaml")],
+            "both": ["--config", str(tmp_path / "run.yaml"), "--data.root", "null"]}[where]  # the command line wins over the file
+    made = YoloCLI(args=[*args, "--project", str(tmp_path / "runs"), "--data.batch_size", "4"], run=False, command="fit")
+    want = CPU_SYNTHETIC if where in ("absent", "both") else {**CPU_REAL, "model.depth_mult": 0.5 if where == "config file" else 1.0}
+    if where == "both": want = {**want, "model.depth_mult": 0.5}
+    assert resolved(made) == {**want, "data.batch_size": 4}
+    assert made.synthetic == (where in ("absent", "both")) and voc.is_dir()
+    saved = made.section(made.config)
+    assert saved["model.width_mult"] == want["model.width_mult"]  # config.yaml records the resolved value, not "auto"
+
+
+def test_print_config_shows_auto_and_reads_back(tmp_path, monkeypatch):
+    from yolo_voc.cli import main
+    from yolo_voc.lightning_cli import YoloCLI
+    import contextlib
+    import io
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with contextlib.redirect_stdout(io.StringIO()) as out: main(["fit", "--print_config"])
+    cfg = yaml.safe_load(out.getvalue())
+    assert (cfg["model"]["width_mult"], cfg["data"]["image_size"], cfg["trainer"]["max_epochs"]) == ("auto", "auto", "auto")
+    assert (cfg["trainer"]["precision"], cfg["model"]["backbone"]) == ("32-true", "darknet53")  # the same for any data
+    for key in ("ckpt_path", "weights_only"): del cfg[key]  # `fit` options: `YoloCLI(run=False)` below has no subcommands
+    (tmp_path / "printed.yaml").write_text(yaml.safe_dump(cfg))
+    made = YoloCLI(args=["--config", str(tmp_path / "printed.yaml"), "--project", str(tmp_path / "runs")], run=False, command="fit")
+    assert resolved(made) == CPU_SYNTHETIC
+
+
 @pytest.mark.slow
 def test_gpu_configuration_trains_two_steps_on_cpu(monkeypatch, tmp_path):
     "Exactly what `fit` would train on an H100 (full width and depth, 416 px, 20 classes, channels-last), for 2 optimizer"

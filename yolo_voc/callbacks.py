@@ -14,6 +14,8 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+
+from PIL import Image
 from typing import Any
 
 import torch
@@ -25,16 +27,18 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .checkpoint import atomic_write
 from .checkpoint import load_checkpoint_file
-from .data import gather_from_ranks
+from .data import collate, gather_from_ranks, images_to_float
+from .decode import postprocess
 from .lr_find import LRFile, LRFinderResult, suggest_lr
+from .plots import as_uint8_image, draw_boxes, image_grid
 from .train import TrainingError
 from .runs import default_precision, RunPlan, carry_history, check_gpu_supported, detect_device
 
 # %% auto 0
 __all__ = ['VAL_STEP_COST', 'SUMMARY_KEYS', 'AtomicCheckpointIO', 'RunLogger', 'truncate_file', 'RunFiles', 'EpochTimeEstimate',
            'format_duration', 'range_test_running', 'EpochLine', 'interactive_output', 'session_margin', 'SessionTime',
-           'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'evaluation_note', 'RunReport',
-           'BestCheckpoint', 'run_callbacks', 'quiet_lightning_tips', 'make_trainer']
+           'PredictionImages', 'MaxLRFinder', 'SharedDecisions', 'stage_metrics', 'format_table', 'evaluation_note',
+           'RunReport', 'BestCheckpoint', 'run_callbacks', 'quiet_lightning_tips', 'make_trainer']
 
 # %% ../nbs/08a_callbacks.ipynb
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -321,6 +325,32 @@ class SessionTime(Callback):
                        f"{format_duration(per_epoch)}) would end after its limit; its validation (with mAP) and checkpoint "
                        "follow; go on with --ckpt_path last (same plan, same schedule)")
         trainer.fit_loop.max_epochs = epoch  # the last epoch: its validation computes mAP; the plan keeps the real count
+
+# %% ../nbs/08a_callbacks.ipynb
+class PredictionImages(Callback):
+    "After each validation, draw the model's detections on the first `n` validation images to `plots/`."
+    def __init__(self, run_dir: str | Path, # the run folder; pictures go to its plots/
+                 n: int = 6, # how many validation images
+                 conf_threshold: float = 0.25, # the score a detection needs to be drawn
+                 every_n_epochs: int = 1):
+        self.out = Path(run_dir) / "plots"
+        self.n, self.conf, self.every = n, conf_threshold, every_n_epochs
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every: return
+        ds = trainer.datamodule.val_dataset if trainer.datamodule is not None else None
+        if ds is None or len(ds) == 0: return
+        images, _, infos = collate([ds[i] for i in range(min(self.n, len(ds)))])
+        images = images_to_float(images.to(pl_module.device))
+        with torch.no_grad():
+            outputs = pl_module(images)
+        dets = postprocess(outputs, pl_module.decoding, self.conf, pl_module.hparams.nms_iou)
+        tiles = [draw_boxes(as_uint8_image(img), d["boxes"], d["labels"], d["scores"], pl_module.class_names)
+                 for img, d in zip(images, dets)]
+        self.out.mkdir(parents=True, exist_ok=True)
+        epoch = trainer.current_epoch + 1
+        Image.fromarray(image_grid(tiles, title=f"epoch {epoch}")).save(self.out / f"predictions_epoch{epoch}.png")
 
 # %% ../nbs/08a_callbacks.ipynb
 class MaxLRFinder(LearningRateFinder):

@@ -19,32 +19,13 @@ from .checkpoint import check_checkpoint_fits, check_resumable
 from .checkpoint import load_checkpoint_file, migrate_checkpoint
 from .data import VOCDataModule
 from .train import TrainingError, YoloModule
-from .runs import RunPlan, check_gpu_supported, detect_device, inherited_plan, plan_run, run_defaults
-from .callbacks import AtomicCheckpointIO, EpochTimeEstimate, MaxLRFinder, RunLogger, SessionTime, SharedDecisions
+from .runs import RunPlan, check_gpu_supported, detect_device, inherited_plan, plan_run
+from .runs import auto_defaults, resolve_auto
+from .callbacks import AtomicCheckpointIO, EpochTimeEstimate, MaxLRFinder, PredictionImages, RunLogger, SessionTime, SharedDecisions
 from .callbacks import interactive_output, quiet_lightning_tips, run_callbacks, session_margin
 
 # %% auto 0
-__all__ = ['requested_data_root', 'YoloCLI']
-
-# %% ../nbs/engineering/09_lightning_cli.ipynb
-def _config_root(source: str) -> str | None:
-    "`data.root` in a `--config` file (or YAML string), if it sets one."
-    import yaml
-    try: cfg = yaml.safe_load(Path(source).read_text() if Path(source).is_file() else source)
-    except (OSError, ValueError, yaml.YAMLError): return None
-    data = cfg.get("data") if isinstance(cfg, dict) else None
-    return data.get("root") if isinstance(data, dict) else None
-
-def requested_data_root(argv: list[str]) -> str | None:
-    "The `--data.root` that a command line (or a `--config` file it names) asks for; None means the synthetic set."
-    root = None
-    for i, arg in enumerate(argv):
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if arg in ("--config", "-c") and nxt: root = _config_root(nxt) or root
-        elif arg.startswith("--config="): root = _config_root(arg.split("=", 1)[1]) or root
-        elif arg == "--data.root": root = nxt
-        elif arg.startswith("--data.root="): root = arg.split("=", 1)[1]
-    return None if root in (None, "", "null", "None") else root
+__all__ = ['YoloCLI']
 
 # %% ../nbs/engineering/09_lightning_cli.ipynb
 class YoloCLI(LightningCLI):
@@ -53,7 +34,8 @@ class YoloCLI(LightningCLI):
         self.argv = list(sys.argv[1:] if args is None else args)
         self.command = command or next((a for a in self.argv if not a.startswith("-")), "fit")
         self.device = detect_device()
-        self.synthetic = requested_data_root(self.argv) is None
+        self.synthetic: bool | None = None  # whether the run trains on the synthetic set: known once the config is parsed
+        self.own_defaults: dict = {}  # the class defaults of the keys that `auto_defaults` sets
         self.plan: RunPlan | None = None
         self.migrated_hparams: dict = {}  # what `migrate_checkpoint` changed in the resumed checkpoint's settings
         quiet_lightning_tips()
@@ -65,7 +47,8 @@ class YoloCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.image_size", "model.image_size")
+        # at instantiation, like the classes: the data module's size is concrete by then (an "auto" default is resolved)
+        parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
         parser.add_argument("--project", type=str, default="runs/yolo_voc", help="the folder that holds the run folders")
         parser.add_argument("--name", type=Optional[str], default=None,
                             help="the run folder's name (default: train, then train2, train3...; with --ckpt_path last: the run to resume)")
@@ -76,7 +59,9 @@ class YoloCLI(LightningCLI):
                             help="fit: this session's hours for the run; the first steps are timed, the one cycle is planned for "
                                  "the epochs that fit (at most trainer.max_epochs) and the run stops at an epoch's end before "
                                  "the limit, its checkpoint written (a resumed run keeps its plan). Sets trainer.max_time as a backstop")
-        parser.set_defaults(run_defaults(self.device, self.synthetic))
+        auto = auto_defaults(self.device)
+        self.own_defaults = {k: parser.get_default(k) for k in auto}
+        parser.set_defaults(auto)  # "auto" where the data decides: resolved in `before_instantiate_classes`
         # a progress bar redraws in a terminal; through a pipe (a notebook's `sh`, a log file) each redraw would be a new
         # line, or nothing until the end (rich): there the line per epoch (`EpochLine`) is the progress
         parser.set_defaults({"trainer.enable_progress_bar": interactive_output()})
@@ -106,8 +91,12 @@ class YoloCLI(LightningCLI):
                 self.migrated_hparams = {k: v for k, v in after.items() if k in before and before[k] != v}
 
     def before_instantiate_classes(self):
-        "The resumed checkpoint's settings (read by LightningCLI from the file) in their current meaning."
-        model = self.section(self.config).get("model")
+        "Each \"auto\" default resolved for the data the parsed config names; the resumed checkpoint's settings in their current meaning."
+        cfg = self.section(self.config)
+        self.synthetic = cfg["data.root"] is None
+        for key, value in resolve_auto({k: cfg[k] for k in self.own_defaults}, self.device, self.synthetic, self.own_defaults).items():
+            cfg[key] = value
+        model = cfg.get("model")
         for key, value in self.migrated_hparams.items():
             if model is not None and key in model: model[key] = value
 
@@ -128,7 +117,6 @@ class YoloCLI(LightningCLI):
         if hours is not None and hours <= 0: raise TrainingError(f"--max_hours must be positive, not {hours:g}")
         if hours and not trainer_cfg.get("max_time"):  # Lightning's timer: the backstop behind SessionTime's epoch-end stop
             kwargs["max_time"] = timedelta(seconds=hours * 3600 - session_margin(hours * 3600) / 2)
-        from yolo_voc.plots import PredictionImages
         callbacks = list(trainer_cfg.get("callbacks") or []) + run_callbacks(run_dir, self.plan.history_from)
         callbacks += ([SessionTime(hours)] if self.command == "fit" else []) + [PredictionImages(run_dir), SharedDecisions(self.plan)]
         if self.command in ("fit", "lr-find") and self.model.hparams.max_lr is None and not self.plan.ckpt_path:

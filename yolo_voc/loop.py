@@ -13,7 +13,7 @@ from .loss import encode_targets
 from .loss import YoloLoss
 from .lr_find import make_scheduler
 from .metrics import MeanAveragePrecision, YoloAccuracy
-from .train import LOSS_DEFAULTS, param_groups, update_mean_ap
+from .train import param_groups, update_mean_ap
 
 # %% auto 0
 __all__ = ['fit_plain', 'evaluate']
@@ -26,7 +26,7 @@ def fit_plain(model: torch.nn.Module, train_loader, val_loader, epochs: int, max
     "Train `model` with a plain loop (AdamW, one cycle then the constant tail); return per-epoch train loss and validation metrics."
     device = torch.device(device)
     model.to(device)
-    loss_fn = loss_fn or YoloLoss(ANCHORS, **LOSS_DEFAULTS)  # exactly the Lightning module's loss
+    loss_fn = loss_fn or YoloLoss(ANCHORS)  # exactly the Lightning module's loss: its defaults are training's
     # decode with the class rule and the centre offsets the loss trains
     decoding = decoding or Decoding.trained_with(loss_fn.class_loss, xy_scale=loss_fn.xy_scale)
     if decoding.class_rule != CLASS_RULE_OF_LOSS[loss_fn.class_loss]:

@@ -171,7 +171,8 @@ class YoloLoss(nn.Module):
     "YOLOv3 loss over 3 scales; `forward` returns the weighted total `loss` and the unweighted parts `box`, `obj`, `noobj`, `cls`."
     def __init__(self, anchors: torch.Tensor = ANCHORS, lambda_box: float = 10., lambda_noobj: float = 10.,
                  lambda_obj: float = 1., lambda_class: float = 1., obj_target: str = "iou", class_loss: str = "ce",
-                 obj_loss: str = "mse", eps: float = 1e-9,
+                 obj_loss: str = "bce", # "bce" on the logit (training's) or "mse" of the sigmoid: see above
+                 eps: float = 1e-9,
                  box_loss: str = "mse", # "mse" (the seed's, YOLOv3), "giou" or "ciou" on the decoded box
                  assign: str = "one", # positives: "one", "ratio" or "ratio_neighbours" (see `encode`)
                  anchor_ratio: float = 4.0, # the side ratio of the "ratio" rules

@@ -21,7 +21,7 @@ from .lr_find import LRFile
 # %% auto 0
 __all__ = ['RESULT_PANELS', 'class_colour', 'as_uint8_image', 'draw_boxes', 'image_grid', 'read_metrics', 'read_lrs',
            'plot_losses', 'plot_accuracies', 'plot_lr', 'results_figure', 'plot_results', 'plot_run', 'plot_pr_curves',
-           'plot_confusion_matrix', 'EvaluationReport', 'write_evaluation_report', 'PredictionImages']
+           'plot_confusion_matrix', 'EvaluationReport', 'write_evaluation_report']
 
 # %% ../nbs/09_plots.ipynb
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -339,45 +339,3 @@ def write_evaluation_report(mean_ap, # a metrics.MeanAveragePrecision after comp
     plot_confusion_matrix(confusion, class_names, files["confusion_matrix"])
     return EvaluationReport(prefix, rows, class_mean(rows), confusion, format_per_class_table(rows), files,
                             conf_threshold, iou_threshold)
-
-# %% ../nbs/09_plots.ipynb
-_all_ = ["PredictionImages"]
-
-def _prediction_images_class():
-    "Define the `PredictionImages` callback (imports Lightning)."
-    import torch
-    from pytorch_lightning.callbacks import Callback
-    from pytorch_lightning.utilities import rank_zero_only
-    from yolo_voc.decode import postprocess
-
-    class PredictionImages(Callback):
-        "After each validation, draw the model's detections on the first `n` validation images to `plots/`."
-        def __init__(self, run_dir: str | Path, n: int = 6, conf_threshold: float = 0.25, every_n_epochs: int = 1):
-            self.out = Path(run_dir) / "plots"
-            self.n, self.conf, self.every = n, conf_threshold, every_n_epochs
-
-        @rank_zero_only
-        def on_validation_epoch_end(self, trainer, pl_module):
-            if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every: return
-            ds = trainer.datamodule.val_dataset if trainer.datamodule is not None else None
-            if ds is None or len(ds) == 0: return
-            from yolo_voc.data import collate, images_to_float
-            images, _, infos = collate([ds[i] for i in range(min(self.n, len(ds)))])
-            images = images_to_float(images.to(pl_module.device))
-            with torch.no_grad():
-                outputs = pl_module(images)
-            dets = postprocess(outputs, pl_module.decoding, self.conf, pl_module.hparams.nms_iou)
-            tiles = [draw_boxes(as_uint8_image(img), d["boxes"], d["labels"], d["scores"], pl_module.class_names)
-                     for img, d in zip(images, dets)]
-            self.out.mkdir(parents=True, exist_ok=True)
-            epoch = trainer.current_epoch + 1
-            Image.fromarray(image_grid(tiles, title=f"epoch {epoch}")).save(self.out / f"predictions_epoch{epoch}.png")
-
-    return PredictionImages
-
-def __getattr__(name: str):
-    "Module attributes made on first use: `PredictionImages` (so that importing this module does not import Lightning)."
-    if name == "PredictionImages":
-        cls = globals()["PredictionImages"] = _prediction_images_class()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

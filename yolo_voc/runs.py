@@ -17,10 +17,10 @@ import torch
 from .checkpoint import CheckpointError
 
 # %% auto 0
-__all__ = ['GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'RUN_HISTORY', 'DeviceInfo', 'detect_device', 'default_precision',
-           'default_batch_size', 'run_defaults', 'defaults_table', 'UnsupportedGPU', 'gpu_kernels_for',
-           'check_gpu_supported', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'inherited_plan', 'holds_run',
-           'writable_folder', 'plan_run', 'carry_history', 'CloudSession', 'cloud_session', 'fit_args']
+__all__ = ['GIB_PER_IMAGE_416', 'KNOWN_GPUS', 'AUTO', 'RUN_HISTORY', 'DeviceInfo', 'detect_device', 'default_precision',
+           'default_batch_size', 'run_defaults', 'defaults_table', 'auto_defaults', 'resolve_auto', 'UnsupportedGPU',
+           'gpu_kernels_for', 'check_gpu_supported', 'RunPlan', 'next_run_dir', 'latest_run_dir', 'inherited_plan',
+           'holds_run', 'writable_folder', 'plan_run', 'carry_history', 'CloudSession', 'cloud_session', 'fit_args']
 
 # %% ../nbs/08b_runs.ipynb
 @dataclass(frozen=True)
@@ -88,6 +88,25 @@ def defaults_table() -> str:
     lines = ["| device | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     lines += [f"| {name} | " + " | ".join(str(d[k]) for k in keys) + " |" for name, d in rows]
     return "\n".join(lines)
+
+# %% ../nbs/08b_runs.ipynb
+AUTO = "auto"  #: a default that waits for the data: `resolve_auto` replaces it once the configuration is parsed
+
+def auto_defaults(device: DeviceInfo) -> dict[str, Any]:
+    "`run_defaults` on `device` before the data is known: the value where the data does not change it, else `AUTO`."
+    synthetic, real = run_defaults(device, True), run_defaults(device, False)
+    return {k: synthetic[k] if k in real and k in synthetic and real[k] == synthetic[k] else AUTO for k in {**synthetic, **real}}
+
+def resolve_auto(values: dict[str, Any], # flat `model.* / data.* / trainer.*` values as parsed
+                 device: DeviceInfo,
+                 synthetic: bool, # the data the configuration names: the synthetic set (no `data.root`) or a real tree
+                 fallback: dict[str, Any] | None = None, # each key's own default, for an `AUTO` this kind of data leaves alone
+                ) -> dict[str, Any]:
+    "`values` with each `AUTO` replaced by `run_defaults(device, synthetic)` (or `fallback`); other values as given."
+    defaults = {**(fallback or {}), **run_defaults(device, synthetic)}
+    missing = [k for k, v in values.items() if v == AUTO and k not in defaults]
+    if missing: raise ValueError(f"resolve_auto: no default for {', '.join(missing)}")
+    return {k: defaults[k] if v == AUTO else v for k, v in values.items()}
 
 # %% ../nbs/08b_runs.ipynb
 class UnsupportedGPU(RuntimeError):

@@ -5,9 +5,9 @@
 # %% ../nbs/08_train.ipynb 3
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import pytorch_lightning as pl
@@ -24,17 +24,15 @@ from .metrics import MeanAveragePrecision, YoloAccuracy
 from .model import YOLOv3
 
 # %% auto 0
-__all__ = ['LOSS_DEFAULTS', 'TrainingError', 'param_groups', 'update_mean_ap', 'load_pretrained', 'pretrained_decoding',
-           'YoloModule']
+__all__ = ['TrainingError', 'param_groups', 'update_mean_ap', 'load_pretrained', 'pretrained_decoding', 'YoloModule']
 
 # %% ../nbs/08_train.ipynb
 class TrainingError(RuntimeError):
     "A run that cannot go on: a non-finite loss, a missing learning rate, or a checkpoint that does not fit."
 
 # %% ../nbs/08_train.ipynb
-#: The loss configuration of every training loop here: `YoloModule`'s defaults and `fit_plain`'s.
-LOSS_DEFAULTS: dict[str, Any] = dict(lambda_box=10.0, lambda_noobj=10.0, lambda_obj=1.0, lambda_class=1.0,
-                                     obj_target="iou", obj_loss="bce", class_loss="ce")
+# `YoloModule`'s loss parameters default to `YoloLoss`'s own values (and `encode`'s ignore threshold): one source
+_loss_default = {k: p.default for f in (YoloLoss, YoloLoss.encode) for k, p in inspect.signature(f).parameters.items()}
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     "Two optimizer groups: conv/linear weights with `weight_decay`, norms and biases without."
@@ -156,9 +154,12 @@ class YoloModule(pl.LightningModule):
                  optimizer: str = "adam", max_lr: float | None = None, weight_decay: float = 5e-4,
                  momentum: float = 0.9, cycle_epochs: int | None = None, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float | None = None, tail_lr_factor: float = 0.01,
-                 lambda_box: float = 10.0, lambda_noobj: float = 10.0, lambda_obj: float = 1.0, lambda_class: float = 1.0,
-                 obj_target: str = "iou", obj_loss: str = "bce", class_loss: str | None = None, ignore_threshold: float = 0.5,
-                 box_loss: str = "mse", assign: str = "one", anchor_ratio: float = 4.0, xy_scale: float | None = None,
+                 lambda_box: float = _loss_default["lambda_box"], lambda_noobj: float = _loss_default["lambda_noobj"],
+                 lambda_obj: float = _loss_default["lambda_obj"], lambda_class: float = _loss_default["lambda_class"],
+                 obj_target: str = _loss_default["obj_target"], obj_loss: str = _loss_default["obj_loss"],
+                 class_loss: str | None = None, ignore_threshold: float = _loss_default["ignore_threshold"],
+                 box_loss: str = _loss_default["box_loss"], assign: str = _loss_default["assign"],
+                 anchor_ratio: float = _loss_default["anchor_ratio"], xy_scale: float | None = None,
                  accuracy_threshold: float = 0.05, conf_threshold: float = 0.01, nms_iou: float = 0.45,
                  max_detections: int = 100, map_every_n_epochs: int = 1,
                  channels_last: bool = False, compile: bool = False, grad_clip_norm: float | None = None,
