@@ -22,9 +22,9 @@ from .predict import Detector, load_eager_detector, resolve_device
 
 # %% auto 0
 __all__ = ['EXPORT_INSTALL', 'OPENVINO_INSTALL', 'FORMAT', 'FORMATS', 'PRECISIONS', 'MissingDependency', 'require',
-           'export_decoding', 'onnx_session', 'onnx_metadata', 'OnnxBackend', 'load_onnx_detector', 'cpu_capabilities',
-           'PrecisionChoice', 'choose_precision', 'openvino_xml', 'openvino_metadata', 'OpenVinoBackend',
-           'load_openvino_detector', 'is_openvino', 'load_detector']
+           'read_export_metadata', 'export_decoding', 'onnx_session', 'onnx_metadata', 'OnnxBackend',
+           'load_onnx_detector', 'cpu_capabilities', 'PrecisionChoice', 'choose_precision', 'openvino_xml',
+           'openvino_metadata', 'OpenVinoBackend', 'load_openvino_detector', 'is_openvino', 'load_detector']
 
 # %% ../nbs/engineering/07_runtime.ipynb
 EXPORT_INSTALL = 'pip install "yolo_voc[export]"'
@@ -49,6 +49,18 @@ def require(package: str, # the module to import, e.g. "onnx"
 FORMAT = "yolo_voc.export/2"
 #: every export format this version reads (`/1` predates the decoding: softmax classes, fraction anchors)
 FORMATS = ("yolo_voc.export/1", FORMAT)
+
+# %% ../nbs/engineering/07_runtime.ipynb
+def read_export_metadata(raw: dict, # the file's yolo_voc entries: name -> JSON text
+                         path, # the file, for the message
+                         runtime: str, # "ONNX" or "OpenVINO", for the message
+                         fmt: str, # the `yolo-voc export --format` that writes such a file
+                        ) -> dict:
+    "The JSON-decoded metadata of an export, or a `CheckpointError` when it has none or a format this version does not read."
+    if raw.get("format") not in [json.dumps(f) for f in FORMATS]:
+        found = f"its format is {raw['format']}, this version reads {', '.join(FORMATS)}: upgrade" if "format" in raw else "no yolo_voc metadata"
+        raise CheckpointError(f"{path}: not a yolo_voc {runtime} export this version reads ({found}; export with `yolo-voc export --format {fmt}`)")
+    return {k: json.loads(v) for k, v in raw.items()}
 
 # %% ../nbs/engineering/07_runtime.ipynb
 def export_decoding(meta: dict, path="model") -> Decoding:
@@ -76,11 +88,7 @@ def onnx_session(path, # an .onnx file
 # %% ../nbs/engineering/07_runtime.ipynb
 def onnx_metadata(session, path="model.onnx") -> dict:
     "The yolo_voc metadata of a loaded ONNX model (JSON-decoded), or a `CheckpointError` when it has none."
-    raw = session.get_modelmeta().custom_metadata_map
-    if raw.get("format") not in [json.dumps(f) for f in FORMATS]:
-        found = f"its format is {raw['format']}, this version reads {', '.join(FORMATS)}: upgrade" if "format" in raw else "no yolo_voc metadata"
-        raise CheckpointError(f"{path}: not a yolo_voc ONNX export this version reads ({found}; export with `yolo-voc export --format onnx`)")
-    return {k: json.loads(v) for k, v in raw.items()}
+    return read_export_metadata(session.get_modelmeta().custom_metadata_map, path, "ONNX", "onnx")
 
 # %% ../nbs/engineering/07_runtime.ipynb
 class OnnxBackend(nn.Module):
@@ -163,10 +171,7 @@ def openvino_metadata(model, path="model.xml") -> dict:
     "The yolo_voc metadata of a read OpenVINO model (its rt_info, JSON-decoded), or a `CheckpointError` when it has none."
     info = model.get_rt_info()
     raw = {k: v.astype(str) for k, v in info["yolo_voc"].items()} if "yolo_voc" in info.keys() else {}
-    if raw.get("format") not in [json.dumps(f) for f in FORMATS]:
-        found = f"its format is {raw['format']}, this version reads {', '.join(FORMATS)}: upgrade" if "format" in raw else "no yolo_voc metadata"
-        raise CheckpointError(f"{path}: not a yolo_voc OpenVINO export this version reads ({found}; export with `yolo-voc export --format openvino`)")
-    return {k: json.loads(v) for k, v in raw.items()}
+    return read_export_metadata(raw, path, "OpenVINO", "openvino")
 
 # %% ../nbs/engineering/07_runtime.ipynb
 class OpenVinoBackend(nn.Module):
