@@ -599,7 +599,7 @@ def execute_notebook(path: Path, timeout: int = 600) -> int:
 
 
 SHOTS = [("search.png", "index.html?q=letterbox", None),     # the index, searching
-         ("predict.png", "predict.html", "#load_detector")]  # a documented function: signature, docstring, parameter table
+         ("predict.png", "predict.html", "#load_eager_detector")]  # a documented function: signature, docstring, parameter table
 
 
 def screenshots(site: Path, dest: Path, shots=SHOTS, chromium: str = "/usr/bin/chromium") -> list[Path]:

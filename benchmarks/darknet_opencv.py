@@ -6,7 +6,7 @@ A YOLOv3 of this library is written as a Darknet pair, `yolo_voc.darknet.save_da
 - by OpenCV 4.x, `cv2.dnn.readNetFromDarknet(cfg, weights)`: its own cfg parser, weight reader, network and
   `[yolo]` layer (OpenCV 5 dropped the importer, so it runs in another Python: a small venv with
   `opencv-python-headless<5` and numpy, found by `opencv4_python`);
-- by this library as a user gets it: `yolo_voc.predict.load_detector("model.weights", image_size=S)`, its
+- by this library as a user gets it: `yolo_voc.runtime.load_detector("model.weights", image_size=S)`, its
   network, then `decode.decode_outputs` with the detector's decoding.
 
 For every anchor of every cell both give the box (centre and size, in input pixels), the objectness and the 80
@@ -183,7 +183,7 @@ def run_opencv(folder: Path, python: str | None = None) -> str:
 def ours(folder: Path, size: int) -> tuple[np.ndarray, str]:
     "This library's rows `[N, cells * anchors, 5 + C]` for `images_<size>.npz`, in OpenCV's order and units; and how it decoded."
     from yolo_voc.decode import decode_outputs
-    from yolo_voc.predict import load_detector
+    from yolo_voc.runtime import load_detector
     case = json.loads((folder / "case.json").read_text())
     det = load_detector(folder / "model.weights", image_size=size, width_mult=case["width_mult"], depth_mult=case["depth_mult"])
     x = torch.from_numpy(np.load(folder / f"images_{size}.npz")["images"])

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from conditions import Conditions, add_arguments, cpu_model as cpu_model_name, describe, save_results
-from yolo_voc.export import export_onnx, load_onnx_detector, quantize_int8
+from yolo_voc.export import export_onnx, quantize_int8
+from yolo_voc.runtime import load_onnx_detector
 from yolo_voc.model import YOLOv3
 from yolo_voc.predict import Detector
 from yolo_voc.synthetic import make_synthetic_voc
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
     truth_from_data = None
     if args.ckpt:  # a trained model: its classes, size and the dataset's validation annotations
         from yolo_voc.export import Int8Settings, int8_data
-        from yolo_voc.predict import load_detector
+        from yolo_voc.runtime import load_detector
         det = load_detector(args.ckpt, "cpu")
         model, names = det.model, det.class_names
         root, calib, val = int8_data(det, Int8Settings(args.data, calib_images=args.calib_images, val_images=args.val_images))
@@ -211,7 +212,8 @@ def main(argv=None) -> int:
         except ImportError:
             log('openvino is not installed (pip install "yolo_voc[openvino]"): no OpenVINO')
         else:
-            from yolo_voc.export import cpu_capabilities, export_openvino, load_openvino_detector
+            from yolo_voc.export import export_openvino
+            from yolo_voc.runtime import cpu_capabilities, load_openvino_detector
             ov_version, ov_caps = ov.__version__.split("-")[0], cpu_capabilities()
             log(f"OpenVINO {ov_version}, CPU capabilities: {', '.join(ov_caps)}")
             f32 = export_openvino(det, d / "ov_f32.xml")

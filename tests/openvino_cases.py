@@ -18,10 +18,11 @@ ov = pytest.importorskip("openvino", reason="the OpenVINO tests need the optiona
 from yolo_voc.boxes import Decoding  # noqa: E402
 from yolo_voc.checkpoint import save_weights  # noqa: E402
 from yolo_voc.cli import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_USAGE, export_main, predict_main  # noqa: E402
-from yolo_voc.export import (OpenVinoBackend, choose_precision, cpu_capabilities, detector_map50,  # noqa: E402
-                             export_openvino, load_onnx_detector, load_openvino_detector, openvino_metadata, quantize_int8)
+from yolo_voc.export import detector_map50, export_openvino, quantize_int8  # noqa: E402
 from yolo_voc.metrics import mean_average_precision  # noqa: E402
-from yolo_voc.predict import Detector, load_detector  # noqa: E402
+from yolo_voc.predict import Detector  # noqa: E402
+from yolo_voc.runtime import (OpenVinoBackend, choose_precision, cpu_capabilities, load_detector,  # noqa: E402
+                              load_onnx_detector, load_openvino_detector, openvino_metadata)
 from yolo_voc.synthetic import make_synthetic_voc  # noqa: E402
 from yolo_voc.voc import load_annotations  # noqa: E402
 
@@ -105,7 +106,7 @@ def test_metadata_round_trip_and_decoding(weights, root, images):
 def test_end_to_end_ir_matches_predict(weights, root, images):
     "--nms: the IR's padded detections are `Detector.predict`'s in letterbox pixels, in the same order."
     eager = load_detector(weights)
-    assert export_main(["--ckpt", str(weights), "--format", "openvino", "--nms", "--conf", "0.05",
+    assert export_main(["--ckpt_path", str(weights), "--format", "openvino", "--nms", "--conf", "0.05",
                         "--out", str(root / "e2e")]) == 0
     xml = root / "e2e" / "model.xml"
     meta = openvino_metadata(ov.Core().read_model(str(xml)))
@@ -137,13 +138,13 @@ def map50_against(detector, reference, images) -> float:
 
 
 def test_int8_through_map50(weights, root, data, capsys):
-    """`export --format openvino --int8 --int8-method qdq`: int8 from the QDQ graph (FakeQuantize in the IR),
+    """`export --format openvino --int8 --int8_method qdq`: int8 from the QDQ graph (FakeQuantize in the IR),
     calibrated on the training split. Its mAP50 on the validation images, with eager fp32's detections as the truth, is within 5 points of ONNX
     Runtime's on the same QDQ graph (an untrained tiny model: its near-tied boxes make int8 lose much against fp32,
     for either runtime; a trained model's loss is what the command's report shows)."""
     out = root / "int8.xml"
-    assert export_main(["--ckpt", str(weights), "--format", "openvino", "--int8", "--int8-method", "qdq", "--data",
-                        str(data), "--calib-images", "8", "--out", str(out)]) == 0
+    assert export_main(["--ckpt_path", str(weights), "--format", "openvino", "--int8", "--int8_method", "qdq", "--data",
+                        str(data), "--calib_images", "8", "--out", str(out)]) == 0
     report = capsys.readouterr().out
     assert "(openvino int8)" in report and "calibrated on 8 images" in report and "mAP50 on" in report
     model = ov.Core().read_model(str(out))
@@ -168,8 +169,8 @@ def test_int8_by_nncf(weights, root, data):
     """--int8 (NNCF, the default): FakeQuantize, the first convolution left in float; it loads and detects. (Its
     accuracy on a trained model is measured by `benchmarks/infer_speed.py --ckpt`: an untrained model says little.)"""
     out = root / "nncf.xml"
-    assert export_main(["--ckpt", str(weights), "--format", "openvino", "--int8", "--data",
-                        str(data), "--calib-images", "4", "--no-eval", "--out", str(out)]) == 0
+    assert export_main(["--ckpt_path", str(weights), "--format", "openvino", "--int8", "--data",
+                        str(data), "--calib_images", "4", "--no_eval", "--out", str(out)]) == 0
     model = ov.Core().read_model(str(out))
     ops = list(model.get_ops())
     assert sum(op.get_type_name() == "FakeQuantize" for op in ops) > 40
@@ -191,7 +192,7 @@ def test_int8_report_matches_detector_map50(weights, root, data):
 # -- predict, app ----------------------------------------------------------------------------------------------------
 def test_predict_command_on_xml(weights, ir, images, tmp_path, capsys):
     out = tmp_path / "det"
-    assert predict_main([str(p) for p in images[:4]] + ["--ckpt", str(ir), "--out", str(out), "--conf", "0.05",
+    assert predict_main([str(p) for p in images[:4]] + ["--ckpt_path", str(ir), "--out", str(out), "--conf", "0.05",
                                                          "--precision", "f32"]) == 0
     err = capsys.readouterr().err
     assert "OpenVINO on the CPU, model.xml: precision f32 (--precision f32)" in err
@@ -202,7 +203,7 @@ def test_predict_command_on_xml(weights, ir, images, tmp_path, capsys):
         np.testing.assert_allclose(np.reshape([x["box"] for x in r["detections"]], (-1, 4)), d.boxes, atol=BOX_TOL)
         assert [x["name"] for x in r["detections"]] == d.names
     # the IR's folder works as well, and --device auto means the CPU for OpenVINO
-    assert predict_main([str(images[0]), "--ckpt", str(ir.parent), "--out", str(tmp_path / "det2"), "--device", "auto"]) == 0
+    assert predict_main([str(images[0]), "--ckpt_path", str(ir.parent), "--out", str(tmp_path / "det2"), "--device", "auto"]) == 0
 
 
 def test_app_serves_the_ir(weights, ir, tmp_path):
@@ -223,11 +224,11 @@ def test_app_serves_the_ir(weights, ir, tmp_path):
 
 
 # -- missing package, errors, output safety ------------------------------------------------------------------------------
-@pytest.mark.parametrize("package, extra", [("openvino", []), ("onnx", []), ("onnxruntime", ["--int8", "--int8-method", "qdq"]),
+@pytest.mark.parametrize("package, extra", [("openvino", []), ("onnx", []), ("onnxruntime", ["--int8", "--int8_method", "qdq"]),
                                             ("nncf", ["--int8"])])
 def test_missing_package_one_line_exit_4(weights, tmp_path, capsys, monkeypatch, package, extra):
     monkeypatch.setitem(sys.modules, package, None)  # what Python does for a package that is not installed
-    assert export_main(["--ckpt", str(weights), "--format", "openvino", *extra, "--out", str(tmp_path / "m.xml")]) == EXIT_MISSING_DEPENDENCY
+    assert export_main(["--ckpt_path", str(weights), "--format", "openvino", *extra, "--out", str(tmp_path / "m.xml")]) == EXIT_MISSING_DEPENDENCY
     line = one_line(capsys)
     assert f"needs the {package} package" in line and 'pip install "yolo_voc[openvino]"' in line
     assert not list(tmp_path.iterdir())
@@ -235,7 +236,7 @@ def test_missing_package_one_line_exit_4(weights, tmp_path, capsys, monkeypatch,
 
 def test_predict_without_openvino_exit_4(ir, images, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
-    assert predict_main([str(images[0]), "--ckpt", str(ir), "--out", str(tmp_path / "d")]) == EXIT_MISSING_DEPENDENCY
+    assert predict_main([str(images[0]), "--ckpt_path", str(ir), "--out", str(tmp_path / "d")]) == EXIT_MISSING_DEPENDENCY
     assert 'pip install "yolo_voc[openvino]"' in one_line(capsys)
 
 
@@ -250,24 +251,24 @@ def test_load_errors(ir, tmp_path):
 
 
 def test_export_output_safety(weights, tmp_path, capsys, monkeypatch):
-    "Never over the checkpoint (its .bin neither), never over a file without --exist-ok; no temporary file left."
+    "Never over the checkpoint (its .bin neither), never over a file without --exist_ok; no temporary file left."
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.bin").write_bytes(weights.read_bytes())  # a checkpoint that happens to end in .bin
     before = (tmp_path / "model.bin").read_bytes()
-    assert export_main(["--ckpt", "model.bin", "--format", "openvino", "--out", "model.xml", "--exist-ok"]) == EXIT_USAGE
+    assert export_main(["--ckpt_path", "model.bin", "--format", "openvino", "--out", "model.xml", "--exist_ok"]) == EXIT_USAGE
     assert "is the checkpoint being exported" in one_line(capsys)
     assert (tmp_path / "model.bin").read_bytes() == before and not (tmp_path / "model.xml").exists()
-    assert export_main(["--ckpt", "model.bin", "--format", "openvino", "--out", "ir"]) == 0
+    assert export_main(["--ckpt_path", "model.bin", "--format", "openvino", "--out", "ir"]) == 0
     capsys.readouterr()
-    assert export_main(["--ckpt", "model.bin", "--format", "openvino", "--out", "ir"]) == EXIT_USAGE
+    assert export_main(["--ckpt_path", "model.bin", "--format", "openvino", "--out", "ir"]) == EXIT_USAGE
     assert "ir/model.xml: exists" in one_line(capsys)
     mtime = os.stat(tmp_path / "ir" / "model.xml").st_mtime_ns
-    assert export_main(["--ckpt", "model.bin", "--format", "openvino", "--out", "ir", "--exist-ok"]) == 0
+    assert export_main(["--ckpt_path", "model.bin", "--format", "openvino", "--out", "ir", "--exist_ok"]) == 0
     assert os.stat(tmp_path / "ir" / "model.xml").st_mtime_ns != mtime
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith("tmp-") or p.name.endswith(".partial")]
     assert not leftovers and sorted(p.name for p in (tmp_path / "ir").iterdir()) == ["model.bin", "model.xml"]
     assert load_openvino_detector(tmp_path / "ir", verbose=False).class_names == NAMES
-    assert export_main(["--ckpt", str(tmp_path / "ir" / "model.xml"), "--format", "openvino", "--out", "again"]) == EXIT_BAD_INPUT
+    assert export_main(["--ckpt_path", str(tmp_path / "ir" / "model.xml"), "--format", "openvino", "--out", "again"]) == EXIT_BAD_INPUT
 
 
 # -- precision -----------------------------------------------------------------------------------------------------
@@ -294,5 +295,5 @@ def test_bf16_compile_simulated(ir):
 
 def test_bf16_refused_where_the_cpu_has_none(ir, images, tmp_path, capsys):
     if "BF16" in cpu_capabilities(): pytest.skip("this CPU has bf16: nothing to refuse")
-    assert predict_main([str(images[0]), "--ckpt", str(ir), "--out", str(tmp_path / "d"), "--precision", "bf16"]) == EXIT_USAGE
+    assert predict_main([str(images[0]), "--ckpt_path", str(ir), "--out", str(tmp_path / "d"), "--precision", "bf16"]) == EXIT_USAGE
     assert "this CPU has no bf16" in one_line(capsys)

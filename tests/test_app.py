@@ -1,7 +1,7 @@
 """Tests of the demo app (yolo_voc.app): start `yolo-voc app` on a free loopback port in a subprocess, call its
 API with gradio_client, and drive the page in headless Chromium (Playwright). Skipped without gradio
 (the optional `[app]` extra); the browser test is skipped without Playwright or a Chromium binary. A Space folder
-written by `--export-space` is started with `python app.py` there and queried the same way."""
+written by `--export_space` is started with `python app.py` there and queried the same way."""
 import os
 import shutil
 import socket
@@ -21,8 +21,8 @@ pytest.importorskip("gradio_client", reason="the app tests need gradio_client: p
 from yolo_voc.app import build_app, detect_view, pick_examples  # noqa: E402
 from yolo_voc.cli import app_main  # noqa: E402
 from yolo_voc.checkpoint import save_weights  # noqa: E402
-from yolo_voc.export import export_onnx, load_onnx_detector  # noqa: E402
-from yolo_voc.predict import load_detector  # noqa: E402
+from yolo_voc.export import export_onnx  # noqa: E402
+from yolo_voc.runtime import load_detector, load_onnx_detector  # noqa: E402
 from yolo_voc.synthetic import make_synthetic_voc  # noqa: E402
 from yolo_voc.voc import load_annotations  # noqa: E402
 
@@ -80,7 +80,7 @@ def server(tmp_path_factory):
     port = free_port()
     proc, log, url = serve(
         [sys.executable, "-c", "import sys; from yolo_voc.cli import app_main; sys.exit(app_main(sys.argv[1:]))",
-         "--ckpt", str(ckpt), "--port", str(port), "--examples", str(root / "examples"), "--conf", "0.02"],
+         "--ckpt_path", str(ckpt), "--port", str(port), "--examples", str(root / "examples"), "--conf", "0.02"],
         port, root / "server.log")
     try:
         yield dict(url=url, ckpt=ckpt, example=example, root=root)
@@ -115,7 +115,7 @@ def test_detect_view_without_server(tmp_path):
 
 
 def test_app_main_errors(tmp_path, capsys):
-    assert app_main(["--ckpt", str(tmp_path / "missing.pt")]) == 1  # bad input: the checkpoint
+    assert app_main(["--ckpt_path", str(tmp_path / "missing.pt")]) == 1  # bad input: the checkpoint
     assert "missing.pt: no such checkpoint file" in capsys.readouterr().err
 
 
@@ -152,9 +152,9 @@ def test_share_flag_reaches_launch(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(app, "launch", lambda demo, host, port, block=True, share=False: seen.update(host=host, port=port, share=share))
     ckpt = save_weights(tiny_model(), tmp_path / "w.pt", class_names=NAMES, image_size=128, **CFG)
-    assert app_main(["--ckpt", str(ckpt), "--host", "0.0.0.0", "--port", "7999", "--share"]) == 0
+    assert app_main(["--ckpt_path", str(ckpt), "--host", "0.0.0.0", "--port", "7999", "--share"]) == 0
     assert seen == dict(host="0.0.0.0", port=7999, share=True)
-    assert app_main(["--ckpt", str(ckpt)]) == 0 and seen == dict(host="127.0.0.1", port=7860, share=False)
+    assert app_main(["--ckpt_path", str(ckpt)]) == 0 and seen == dict(host="127.0.0.1", port=7860, share=False)
 
 
 def test_examples_picked_from_validation_split(tmp_path):
@@ -170,15 +170,15 @@ def test_examples_picked_from_validation_split(tmp_path):
 
 
 def test_space_folder_serves_onnx(tmp_path, monkeypatch):
-    "`yolo-voc app --ckpt model.onnx --export-space DIR`, then `python app.py` in DIR, queried with gradio_client."
+    "`yolo-voc app --ckpt_path model.onnx --export_space DIR`, then `python app.py` in DIR, queried with gradio_client."
     pytest.importorskip("onnxruntime")
     for k, v in ENV.items(): monkeypatch.setenv(k, v)
     ckpt = save_weights(tiny_model(), tmp_path / "tiny.pt", class_names=NAMES, image_size=128, **CFG)
     onnx_path = export_onnx(load_detector(ckpt), tmp_path / "tiny.onnx")
     make_synthetic_voc(tmp_path / "data", n_images=20, image_size=(200, 150), class_names=NAMES)
     space = tmp_path / "space"
-    assert app_main(["--ckpt", str(onnx_path), "--examples-from", str(tmp_path / "data"), "--num-examples", "3",
-                     "--conf", "0.02", "--export-space", str(space)]) == 0
+    assert app_main(["--ckpt_path", str(onnx_path), "--examples_from", str(tmp_path / "data"), "--num_examples", "3",
+                     "--conf", "0.02", "--export_space", str(space)]) == 0
     assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "examples", "model.onnx", "requirements.txt"]
     reqs = (space / "requirements.txt").read_text()
     assert "yolo_voc[app]==" in reqs and "onnxruntime" in reqs and "app_file: app.py" in (space / "README.md").read_text()

@@ -9,7 +9,7 @@ import torch
 from yolo_voc.boxes import VOC_CLASSES, Decoding, unletterbox_boxes
 from yolo_voc.decode import decode_outputs, postprocess
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint
-from yolo_voc.predict import load_detector
+from yolo_voc.runtime import load_detector
 from yolo_voc.callbacks import make_trainer
 from yolo_voc.train import YoloModule
 
@@ -99,7 +99,8 @@ def test_checkpoint_and_predict_carry_xy_scale(two_ckpt, images):
 def test_exports_and_app_carry_xy_scale(two_ckpt, images, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from yolo_voc.app import load_app_detector, write_space
-    from yolo_voc.export import NmsSettings, export_onnx, load_onnx_detector
+    from yolo_voc.export import NmsSettings, export_onnx
+    from yolo_voc.runtime import load_onnx_detector
     det = load_detector(two_ckpt)
     want = det.predict(images, conf=0.05)
     onnx_det = load_onnx_detector(export_onnx(det, tmp_path / "raw.onnx"))

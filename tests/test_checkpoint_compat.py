@@ -27,7 +27,7 @@ from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.checkpoint import CHECKPOINT_FORMAT, save_weights
 from yolo_voc.cli import main
 from yolo_voc.lr_find import LRFile
-from yolo_voc.predict import load_detector
+from yolo_voc.runtime import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
 from tiny_models import CFG, NAMES, tiny_model
@@ -78,7 +78,7 @@ def old_run(commit: str, tmp_path: Path) -> Path:
 
 
 def dataset(tmp_path: Path) -> Path:
-    "The fixtures' training data again (make.sh: `yolo-voc synth DATA --images 16 --image-size 64 --classes 2`)."
+    "The fixtures' training data again (make.sh: `yolo-voc synth DATA --images 16 --image_size 64 --classes 2`)."
     root = tmp_path / "data"
     if not root.exists(): make_synthetic_voc(root, 16, (64, 64), 0, VOC_CLASSES[:2])
     n = len((root / "VOCdevkit/VOC2007/ImageSets/Main/trainval.txt").read_text().split())
@@ -137,7 +137,7 @@ def test_old_checkpoint_still_predicts_and_exports(commit, tmp_path):
     run = old_run(commit, tmp_path)
     det = load_detector(run / "checkpoints" / "last.ckpt")
     assert (det.class_names, det.image_size, det.model_config["width_mult"]) == (CLASSES, 64, 0.03125)
-    assert main(["export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--format", "weights",
+    assert main(["export", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--format", "weights",
                  "--out", str(tmp_path / "w.pt")]) == 0
 
 

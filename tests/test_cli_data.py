@@ -35,7 +35,7 @@ def run_here(*args, tmp, monkeypatch):
 
 
 def test_synth_then_check_clean(tmp_path, monkeypatch):
-    r = run("synth", tmp_path / "out", "--images", "15", "--image-size", "128x96", "--classes", "5", "--seed", "2", tmp=tmp_path)
+    r = run("synth", tmp_path / "out", "--images", "15", "--image_size", "128x96", "--classes", "5", "--seed", "2", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     voc = tmp_path / "out" / "VOCdevkit" / "VOC2007"
     assert str(voc) in r.stdout and len(list((voc / "JPEGImages").glob("*.jpg"))) == 15
@@ -97,7 +97,7 @@ def test_broken_voc(tmp_path, monkeypatch):
     for f, pat in expected:
         assert any(gf == f and re.search(pat, gp) for gf, gp in got), (f, pat, got)
     # the text report lists the same problems, one per line, each starting with its file
-    r = run_here("check", voc, "--split", "2007-train+2007-val+2007-trainval+2007-test", "--no-cache", tmp=tmp_path,
+    r = run_here("check", voc, "--split", "2007-train+2007-val+2007-trainval+2007-test", "--no_cache", tmp=tmp_path,
                  monkeypatch=monkeypatch)
     assert r.returncode == 1
     lines = [l.strip() for l in r.stdout.splitlines()]
@@ -126,7 +126,7 @@ def test_broken_kaggle(tmp_path, monkeypatch):
     (L / "000003.txt").write_text("3 0.5 0.5 1.5 0.2\n")             # outside [0, 1]
     (L / "000004.txt").write_text("42 0.5 0.5 0.2 0.2\n")            # unknown class index
     (L / "000005.txt").unlink()                                      # missing label file
-    r = run_here("check", kg, "--json", "--no-cache", tmp=tmp_path, monkeypatch=monkeypatch)
+    r = run_here("check", kg, "--json", "--no_cache", tmp=tmp_path, monkeypatch=monkeypatch)
     assert r.returncode == 1
     got = [(p["file"], p["problem"]) for p in json.loads(r.stdout)["problems"]]
     expected = [("labels/000001.txt", "line 1: expected 5 fields"), ("labels/000002.txt", "line 1: 'half' is not a number"),
@@ -161,7 +161,7 @@ def test_stray_class_in_a_devkit(tmp_path, monkeypatch):
     (voc.parent / "classes.txt").unlink()  # a devkit as VOC ships it
     x = voc / "Annotations" / "000003.xml"
     x.write_text(_set_first(x.read_text(), name="unicorn"))
-    r = run_here("check", tmp_path / "d", "--no-cache", tmp=tmp_path, monkeypatch=monkeypatch)
+    r = run_here("check", tmp_path / "d", "--no_cache", tmp=tmp_path, monkeypatch=monkeypatch)
     assert r.returncode == 1
     lines = r.stdout.splitlines()
     assert lines[1] == (f"classes: the 20 Pascal VOC classes, as a VOCdevkit tree has (a classes.txt in {voc.parent} "
@@ -183,7 +183,7 @@ def test_classes_file_read_as_classes_txt(tmp_path, monkeypatch):
     names = tmp_path / "names.txt"
     names.write_bytes("\ufefftraffic light\r\ncat\r\n".encode())  # as Windows Notepad writes it
     for extra in ([], ["--classes", names]):
-        r = run_here("check", tmp_path / "d", "--json", "--no-cache", *extra, tmp=tmp_path, monkeypatch=monkeypatch)
+        r = run_here("check", tmp_path / "d", "--json", "--no_cache", *extra, tmp=tmp_path, monkeypatch=monkeypatch)
         d = json.loads(r.stdout)
         assert (r.returncode, list(d["per_class"]), d["problems"]) == (0, ["traffic light", "cat"], [])
     names.write_text("traffic light\n\ncat\ncat\n")
@@ -204,7 +204,7 @@ def test_names_that_differ_only_in_case(tmp_path, monkeypatch):
     for name in cats[:2]:
         x = export / "Annotations" / name
         x.write_text(x.read_text().replace("<name>cat</name>", "<name>Cat</name>"))
-    r = run_here("check", export, "--json", "--no-cache", tmp=tmp_path, monkeypatch=monkeypatch)
+    r = run_here("check", export, "--json", "--no_cache", tmp=tmp_path, monkeypatch=monkeypatch)
     d = json.loads(r.stdout)
     assert r.returncode == 1 and list(d["per_class"]) == ["Cat", "cat", "dog"]
     files = [f"labelimg_export/Annotations/{n}" for n in cats]

@@ -11,7 +11,7 @@ from yolo_voc import train
 from yolo_voc.boxes import VOC_CLASSES, Decoding
 from yolo_voc.decode import decode_outputs, postprocess
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
-from yolo_voc.predict import load_detector
+from yolo_voc.runtime import load_detector
 from yolo_voc.train import YoloModule
 from yolo_voc.callbacks import make_trainer
 
@@ -124,7 +124,8 @@ def test_predict_decodes_with_sigmoid(bce_ckpt, images):
 def test_exports_carry_the_decoding(bce_ckpt, images, tmp_path):
     "Raw ONNX (as a Detector), ONNX and TorchScript end to end, int8: all decode like `Detector.predict`."
     ort = pytest.importorskip("onnxruntime")
-    from yolo_voc.export import NmsSettings, export_onnx, export_torchscript, load_onnx_detector, quantize_int8
+    from yolo_voc.export import NmsSettings, export_onnx, export_torchscript, quantize_int8
+    from yolo_voc.runtime import load_onnx_detector
     det = load_detector(bce_ckpt)
     want = det.predict(images, conf=0.05)
     onnx_det = load_onnx_detector(export_onnx(det, tmp_path / "raw.onnx"))
@@ -183,7 +184,8 @@ def test_older_files_decode_as_they_were_trained(tmp_path):
 def test_older_onnx_exports_decode_with_softmax(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from yolo_voc.export import export_onnx, load_onnx_detector
+    from yolo_voc.export import export_onnx
+    from yolo_voc.runtime import load_onnx_detector
     det = load_detector(save_weights(tiny_model(), tmp_path / "w.pt", class_names=NAMES, decoding=LOGISTIC, **CFG))
     m = onnx.load(str(export_onnx(det, tmp_path / "m.onnx")))
     meta = {p.key: json.loads(p.value) for p in m.metadata_props}

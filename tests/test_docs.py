@@ -336,14 +336,14 @@ def test_each_docstring_once(site):
             shown += n
     assert shown >= 150, shown  # most docstrings are found on some page, so the count above means something
     assert pages["train.html"].doc_text.count(docstrings["train.YoloModule"]) == 1
-    assert pages["predict.html"].doc_text.count(docstrings["predict.load_detector"]) == 1
+    assert pages["engineering/runtime.html"].doc_text.count(docstrings["runtime.load_detector"]) == 1
 
 
 def test_parameter_table_from_docments(site):
     "`load_detector` documents its parameters with comments (docments): the page shows them as a table, in order."
     from fastcore.docments import docments
-    from yolo_voc.predict import load_detector
-    page = (site / "predict.html").read_text()
+    from yolo_voc.runtime import load_detector
+    page = (site / "engineering" / "runtime.html").read_text()
     section = page.split('id="load_detector"')[1].split("<hr")[0]
     table = section.split("<table>")[1].split("</table>")[0]
     assert re.search(r"<th><strong>Type</strong></th>\s*<th><strong>Default</strong></th>\s*<th><strong>Details</strong></th>", table)
@@ -378,16 +378,16 @@ def test_source_links_point_at_the_definition(site):
 def test_search_index_and_box(site, tmp_path):
     "The index has a section per documented name; the box (index.html?q=...) finds `load_detector` and links to it."
     entries = {e["url"]: e for e in search_index(site)}
-    assert entries["predict.html#load_detector"]["title"] == "load_detector"
-    assert "Darknet files only" in entries["predict.html#load_detector"]["text"]
+    assert entries["engineering/runtime.html#load_detector"]["title"] == "load_detector"
+    assert "Darknet files only" in entries["engineering/runtime.html#load_detector"]["text"]
     assert {e["url"].split("#")[0] for e in entries.values()} == set(notebooks().values())
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set CHROMIUM=/path/to/chrome)")
     dom = chromium("--dump-dom", (site / "index.html").as_uri() + "?q=load_detector", user_dir=tmp_path / "q")
     results = dom.split('<ol id="search-results">')[1].split("</ol>")[0]
     first = re.search(r'<a href="([^"]+)">([^<]+)</a>', results)
-    assert first and first.group(1) == "predict.html#load_detector", results[:500]
-    assert "Predict" in first.group(2)
+    assert first and first.group(1) == "engineering/runtime.html#load_detector", results[:500]
+    assert "Runtime" in first.group(2)
     dom = chromium("--dump-dom", (site / "tutorials" / "kaggle_colab.html").as_uri() + "?q=letterbox%20inverse",
                    user_dir=tmp_path / "q2")
     hits = re.findall(r'<a href="([^"]+)">', dom.split('<ol id="search-results">')[1].split("</ol>")[0])

@@ -70,8 +70,8 @@ def test_md5_mismatch_refused(tmp_path, mirror, tars, simulated_size):
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path / TRAINVAL}: MD5 {md5(tars[TRAINVAL])} does not match the expected "
                           "c52e279531787c972589f7e41ab4ae64")
-    assert "--no-checksum" in msg
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TRAINVAL]  # kept for --no-checksum; nothing extracted
+    assert "--no_checksum" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TRAINVAL]  # kept for --no_checksum; nothing extracted
     # the kept file is checked again, not downloaded again
     handler.log.clear()
     with pytest.raises(DownloadError, match="does not match"): download_voc(tmp_path, "2007", base_url=url, progress=False)
@@ -219,7 +219,7 @@ needs_cli = pytest.mark.skipif("download" not in yolo_voc.cli.COMMANDS,
 def test_cli_no_checksum_then_check(tmp_path, mirror):
     url, _ = mirror
     root = tmp_path / "data"
-    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base-url", url, "--no-checksum"]) == 0
+    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base_url", url, "--no_checksum"]) == 0
     assert yolo_voc.cli.main(["check", str(root)]) == 0
 
 
@@ -227,7 +227,7 @@ def test_cli_no_checksum_then_check(tmp_path, mirror):
 def test_cli_mismatch_exit_1(tmp_path, mirror, capsys, simulated_size):
     url, _ = mirror
     root = tmp_path / "data"
-    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base-url", url]) == 1
+    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base_url", url]) == 1
     err = capsys.readouterr().err
     assert TRAINVAL in err and "does not match the expected c52e279531787c972589f7e41ab4ae64" in err
     assert not (root / "VOCdevkit").exists()

@@ -48,8 +48,8 @@ def python(request, monkeypatch):
 
 def run_cli(root: Path, *args: str, url: str | None = None, capsys=None, checksum: bool = False) -> tuple[int, str]:
     "`yolo-voc download voc ROOT --years 2007 ...` in this process: (exit status, stderr)."
-    argv = ["download", "voc", str(root), "--years", "2007", "--no-progress"] + (["--base-url", url] if url else [])
-    argv += [] if checksum else ["--no-checksum"]
+    argv = ["download", "voc", str(root), "--years", "2007", "--no_progress"] + (["--base_url", url] if url else [])
+    argv += [] if checksum else ["--no_checksum"]
     status = yolo_voc.cli.main(argv + list(args))
     return status, capsys.readouterr().err if capsys else ""
 
@@ -87,7 +87,7 @@ def home_tree(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_issue_chain_writes_nothing_outside_root(tmp_path, python, capsys):
-    "Both VOC2007 tars from 127.0.0.1, --no-checksum: exit 1 at the first link, ~/.bashrc never written."
+    "Both VOC2007 tars from 127.0.0.1, --no_checksum: exit 1 at the first link, ~/.bashrc never written."
     first, second = chain_tars()
     url, handler, server = serve({TRAINVAL: first, TEST: second})
     root, sentinel = home_tree(tmp_path)
@@ -352,7 +352,7 @@ def test_server_ignoring_range_is_not_appended(tmp_path):
     url, handler, server = serve({"f.bin": A}, ignore_range={"f.bin"})
     try:
         interrupted(url, handler, tmp_path / "f.bin", 1_000)
-        download_file(f"{url}/f.bin", tmp_path / "f.bin", progress=False)  # --no-checksum: no MD5 to catch it
+        download_file(f"{url}/f.bin", tmp_path / "f.bin", progress=False)  # --no_checksum: no MD5 to catch it
     finally: server.shutdown(); server.server_close()
     assert handler.log == [("f.bin", "bytes=1000-")]
     assert (tmp_path / "f.bin").read_bytes() == A
@@ -394,7 +394,7 @@ sys.exit(yolo_voc.cli.main(sys.argv[2:]))
 
 def start_cli(root: Path, url: str, slow: bool = False) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    args = ["download", "voc", str(root), "--years", "2007", "--base-url", url, "--no-checksum"]
+    args = ["download", "voc", str(root), "--years", "2007", "--base_url", url, "--no_checksum"]
     return subprocess.Popen([sys.executable, "-c", CLI, "slow" if slow else "fast", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -460,7 +460,7 @@ def test_sigkill_leftovers_removed_by_next_run(tmp_path, mirror, capsys):
     left = temporary_trees(root)
     assert len(left) == 1 and left[0].startswith(f".{TRAINVAL}.")
     assert (root / download.LOCK_NAME).exists()  # the dead run's lock file: its lock went with the process
-    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base-url", url, "--no-checksum"]) == 0
+    assert yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base_url", url, "--no_checksum"]) == 0
     assert f"{root / left[0]}: removed, a temporary folder left by a run that was stopped" in capsys.readouterr().err.splitlines()
     assert temporary_trees(root) == [] and check_dataset(root).ok
 
@@ -580,7 +580,7 @@ def test_real_file_systems(tmp_path, mirror, tars, case):
              "full ROOT": f"mount -t tmpfs -o size=64k tmpfs {root}",
              "VOCdevkit on another file system": f"mount -t tmpfs -o size=4m tmpfs {root / 'VOCdevkit'}"}[case]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    cmd = f'{mount} && exec "$0" -c "$1" fast download voc {root} --years 2007 --base-url {url} --no-checksum --no-progress'
+    cmd = f'{mount} && exec "$0" -c "$1" fast download voc {root} --years 2007 --base_url {url} --no_checksum --no_progress'
     r = subprocess.run(["unshare", "-m", "sh", "-c", cmd, sys.executable, CLI], env=env, capture_output=True, text=True, timeout=120)
     expected = {"read-only ROOT": f"{root / download.LOCK_NAME}: Read-only file system; choose a ROOT on a writable disk",
                 "full ROOT": f"{root / TRAINVAL}.part: No space left on device; the disk is full: free some space and run "

@@ -74,8 +74,8 @@ SHAPE = {"width_mult": 1 / 32, "depth_mult": 0.01}
 
 
 def run(root: Path, url: str, *args: str, capsys=None) -> tuple[int, str]:
-    "`yolo-voc download voc ROOT --years 2007 --base-url URL ...` in this process: (exit status, stderr)."
-    status = yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base-url", url, *args])
+    "`yolo-voc download voc ROOT --years 2007 --base_url URL ...` in this process: (exit status, stderr)."
+    status = yolo_voc.cli.main(["download", "voc", str(root), "--years", "2007", "--base_url", url, *args])
     return status, capsys.readouterr().err if capsys else ""
 
 
@@ -90,20 +90,20 @@ def data_tree(folder: Path) -> dict:
     return {k: ("marker" if k.endswith(".done") else v) for k, v in snapshot(folder).items()}
 
 
-# --- --delete-tars -----------------------------------------------------------------------------------------------
+# --- --delete_tars -----------------------------------------------------------------------------------------------
 
 def test_delete_tars_deletes_exactly_the_tars(tmp_path, mirror, simulated, capsys):
     url, handler, _ = mirror
     kept, deleted = tmp_path / "kept", tmp_path / "deleted"
-    assert run(kept, url, "--keep-tars", "--no-progress")[0] == 0
-    status, err = run(deleted, url, "--delete-tars", capsys=capsys)
-    assert status == 0 and decision(err) == "tars: deleted once extracted (--delete-tars)"
+    assert run(kept, url, "--keep_tars", "--no_progress")[0] == 0
+    status, err = run(deleted, url, "--delete_tars", capsys=capsys)
+    assert status == 0 and decision(err) == "tars: deleted once extracted (--delete_tars)"
     assert sorted(p.name for p in kept.iterdir()) == sorted([TEST, "VOCdevkit", TRAINVAL])
     assert sorted(p.name for p in deleted.iterdir()) == ["VOCdevkit"]  # the tars, and nothing else, are gone
     assert snapshot(deleted / "VOCdevkit") == snapshot(kept / "VOCdevkit")  # the same tree, markers included
     # a rerun sees the markers: no request, nothing fetched again
     handler.log.clear()
-    status, err = run(deleted, url, "--delete-tars", capsys=capsys)
+    status, err = run(deleted, url, "--delete_tars", capsys=capsys)
     assert status == 0 and handler.log == [] and sorted(p.name for p in deleted.iterdir()) == ["VOCdevkit"]
     assert err.splitlines()[:2] == [f"{TRAINVAL}: already extracted in {deleted / 'VOCdevkit'}, skipped",
                                     f"{TEST}: already extracted in {deleted / 'VOCdevkit'}, skipped"]
@@ -115,7 +115,7 @@ def test_tar_deleted_only_after_its_marker(tmp_path, mirror, simulated, monkeypa
     url, _, _ = mirror
     def full(path, text): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     monkeypatch.setattr(download, "_write_marker", full)
-    status, err = run(tmp_path, url, "--delete-tars", "--no-progress", capsys=capsys)
+    status, err = run(tmp_path, url, "--delete_tars", "--no_progress", capsys=capsys)
     assert status == 3 and "No space left on device" in err
     assert (tmp_path / TRAINVAL).exists() and (tmp_path / TEST).exists()
 
@@ -138,10 +138,10 @@ def test_scarce_disk_default(tmp_path, mirror, simulated, tars, monkeypatch, cap
     mb = lambda n: f"{n / 1e6:.1f} MB"
     if delete:
         assert decision(err) == (f"tars: deleted once extracted (disk is scarce: {mb(2 * t - 1)} would stay free on {tmp_path}'s "
-                                 f"file system after extraction, less than 2 x the tars' {mb(t)}; --keep-tars keeps them)")
+                                 f"file system after extraction, less than 2 x the tars' {mb(t)}; --keep_tars keeps them)")
     else:
         assert decision(err) == (f"tars: kept ({mb(2 * t)} stays free on {tmp_path}'s file system after extraction, at least "
-                                 f"2 x the tars' {mb(t)}; --delete-tars deletes them once extracted)")
+                                 f"2 x the tars' {mb(t)}; --delete_tars deletes them once extracted)")
     assert status == 0 and sorted(p.name for p in tmp_path.iterdir()) == (["VOCdevkit"] if delete else sorted([TEST, "VOCdevkit", TRAINVAL]))
 
 
@@ -167,8 +167,8 @@ def test_kaggle_and_colab_delete_by_default(tmp_path, mirror, simulated, monkeyp
     platform = "Kaggle" if "KAGGLE" in where.upper() else "Colab"
     assert status == 0 and decision(err).startswith(f"tars: deleted once extracted (on {platform}")
     assert sorted(p.name for p in root.iterdir()) == ["VOCdevkit"]
-    status, err = run(tmp_path / "kept", url, "--keep-tars", capsys=capsys)  # the user decides
-    assert status == 0 and decision(err) == "tars: kept (--keep-tars)" and (tmp_path / "kept" / TRAINVAL).exists()
+    status, err = run(tmp_path / "kept", url, "--keep_tars", capsys=capsys)  # the user decides
+    assert status == 0 and decision(err) == "tars: kept (--keep_tars)" and (tmp_path / "kept" / TRAINVAL).exists()
 
 
 # --- the cache -----------------------------------------------------------------------------------------------------
@@ -181,12 +181,12 @@ def test_cache_then_a_session_without_network(tmp_path, mirror, simulated, tars,
     assert sorted(p.name for p in cache.iterdir()) == [TEST, TRAINVAL]  # no .part, no record, no lock
     assert [(cache / n).read_bytes() == tars[n] for n in (TEST, TRAINVAL)] == [True, True]
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["VOCdevkit"]  # the tars stay in the cache only
-    server.shutdown(); server.server_close()  # the network is gone; the cache named by the environment variable, --delete-tars given
+    server.shutdown(); server.server_close()  # the network is gone; the cache named by the environment variable, --delete_tars given
     before = snapshot(cache)
     monkeypatch.setenv(download.CACHE_ENV, str(cache))
-    status, err = run(tmp_path / "s2", url, "--delete-tars", capsys=capsys)
+    status, err = run(tmp_path / "s2", url, "--delete_tars", capsys=capsys)
     assert status == 0
-    assert decision(err) == f"tars: kept in the cache {cache} for later runs (--delete-tars never deletes the cache)"
+    assert decision(err) == f"tars: kept in the cache {cache} for later runs (--delete_tars never deletes the cache)"
     assert snapshot(cache) == before and len(handler.log) == 2
     assert data_tree(tmp_path / "s2" / "VOCdevkit") == data_tree(tmp_path / "s1" / "VOCdevkit")
     assert (tmp_path / "s2/VOCdevkit/VOC2007" / f".{TEST}.done").read_text() == f"{cache / TEST}\n"
@@ -205,11 +205,11 @@ def test_cache_part_resumes_in_the_next_session(tmp_path, mirror, simulated, tar
 
 
 def test_cache_that_is_root_is_never_deleted(tmp_path, mirror, simulated, capsys):
-    "--cache ROOT: one lock, and the tars in ROOT are the cache: --delete-tars does not delete them."
+    "--cache ROOT: one lock, and the tars in ROOT are the cache: --delete_tars does not delete them."
     url, _, _ = mirror
-    status, err = run(tmp_path, url, "--cache", str(tmp_path), "--delete-tars", capsys=capsys)
+    status, err = run(tmp_path, url, "--cache", str(tmp_path), "--delete_tars", capsys=capsys)
     assert status == 0 and sorted(p.name for p in tmp_path.iterdir()) == sorted([TEST, "VOCdevkit", TRAINVAL])
-    assert decision(err) == "tars: kept (--delete-tars never deletes the cache, which is ROOT here)"
+    assert decision(err) == "tars: kept (--delete_tars never deletes the cache, which is ROOT here)"
 
 
 def test_cache_on_another_file_system_simulated(tmp_path, mirror, simulated, backbone, monkeypatch):
@@ -247,7 +247,7 @@ sys.exit(yolo_voc.cli.main(sys.argv[1:]))
 
 @pytest.mark.skipif(not can_mount(), reason="needs root and unshare to mount a tmpfs")
 def test_cache_on_a_tmpfs(tmp_path, mirror, backbone):
-    """A real second file system: the cache is a tmpfs mounted in a private mount namespace. VOC (--no-checksum) and a
+    """A real second file system: the cache is a tmpfs mounted in a private mount namespace. VOC (--no_checksum) and a
     weights file (the stand-in backbone, the table simulated in the child) go through it; afterwards the host sees an
     empty cache folder (the tmpfs went with the namespace) and ROOT holds everything."""
     url, handler, _ = mirror
@@ -259,8 +259,8 @@ def test_cache_on_a_tmpfs(tmp_path, mirror, backbone):
     env.pop(download.CACHE_ENV, None)
     py = '"$0" -c "$1"'
     script = (f"mount -t tmpfs -o size=16m tmpfs {cache} && "
-              f"{py} download voc {root} --years 2007 --base-url {url} --no-checksum --no-progress --cache {cache} && "
-              f"{py} download darknet53 {root} --base-url {url} --no-progress --cache {cache} && "
+              f"{py} download voc {root} --years 2007 --base_url {url} --no_checksum --no_progress --cache {cache} && "
+              f"{py} download darknet53 {root} --base_url {url} --no_progress --cache {cache} && "
               f"\"$0\" -c 'import os, sys; print(os.stat(sys.argv[1]).st_dev != os.stat(sys.argv[2]).st_dev, "
               f"sorted(os.listdir(sys.argv[1])))' {cache} {root}")
     r = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, CLI], env=env, capture_output=True, text=True,
@@ -279,7 +279,7 @@ def test_cache_on_a_tmpfs(tmp_path, mirror, backbone):
 def start_cli(root: Path, url: str, cache: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     env.pop(download.CACHE_ENV, None)
-    args = ["download", "voc", str(root), "--years", "2007", "--base-url", url, "--no-checksum", "--cache", str(cache)]
+    args = ["download", "voc", str(root), "--years", "2007", "--base_url", url, "--no_checksum", "--cache", str(cache)]
     return subprocess.Popen([sys.executable, "-c", "import sys, yolo_voc.cli; sys.exit(yolo_voc.cli.main(sys.argv[1:]))",
                              *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -294,8 +294,8 @@ def test_two_runs_share_a_cache(tmp_path, tars, monkeypatch, capsys):
         a = start_cli(tmp_path / "a", url, cache)
         wait_for(lambda: (cache / f"{TRAINVAL}.part").exists(), a, "run A's download")
         t0 = time.monotonic()
-        status = yolo_voc.cli.main(["download", "voc", str(tmp_path / "b"), "--years", "2007", "--base-url", url,
-                                    "--no-checksum", "--cache", str(cache)])
+        status = yolo_voc.cli.main(["download", "voc", str(tmp_path / "b"), "--years", "2007", "--base_url", url,
+                                    "--no_checksum", "--cache", str(cache)])
         waited = time.monotonic() - t0
         out, a_err = a.communicate(timeout=120)
     finally: server.shutdown(); server.server_close()

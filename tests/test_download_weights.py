@@ -88,7 +88,7 @@ def test_published_table():
 def test_download_from_mirror(tmp_path, mirror, table, standins, what, name, capsys):
     url, handler = mirror
     root = tmp_path / "w"
-    status, out, err = cli(what, str(root), "--base-url", url, "--no-progress", capsys=capsys)
+    status, out, err = cli(what, str(root), "--base_url", url, "--no_progress", capsys=capsys)
     assert (status, err) == (0, "")
     assert (root / name).read_bytes() == standins[name]
     assert sorted(p.name for p in root.iterdir()) == [name]  # no .part, no record, no lock
@@ -99,12 +99,12 @@ def test_download_from_mirror(tmp_path, mirror, table, standins, what, name, cap
         f"; {len(standins[name]):,} bytes, MD5 {md5(standins[name])} ({check}); from {url}/{name}")
     assert handler.log == [(name, None)]
     # a second run finds the file, checks it, and sends no request
-    status, out, _ = cli(what, str(root), "--base-url", url, "--no-progress", capsys=capsys)
+    status, out, _ = cli(what, str(root), "--base_url", url, "--no_progress", capsys=capsys)
     assert status == 0 and out.splitlines()[0].endswith("; there already") and handler.log == [(name, None)]
 
 
 def test_mirrors_in_order_the_default_list(tmp_path, mirror, table, standins, monkeypatch, capsys):
-    "Without --base-url, the table's mirrors in order: a dead one, one without the file, then one that serves it."
+    "Without --base_url, the table's mirrors in order: a dead one, one without the file, then one that serves it."
     url, handler = mirror
     wf = WEIGHTS_FILES["yolov3"]
     dead = "http://127.0.0.1:9/yolov3.weights"  # port 9 (discard): nothing listens
@@ -121,7 +121,7 @@ def test_md5_mismatch_leaves_nothing(tmp_path, mirror, table, standins, capsys):
     url, handler = mirror
     handler.files[FULL] = standins["other.weights"]
     root = tmp_path / "w"
-    status, out, err = cli("yolov3", str(root), "--base-url", url, "--no-progress", capsys=capsys)
+    status, out, err = cli("yolov3", str(root), "--base_url", url, "--no_progress", capsys=capsys)
     assert status == 1 and out == ""
     assert err == (f"yolo-voc download: {url}/{FULL}: MD5 {md5(standins['other.weights'])} does not match the expected "
                    f"{md5(standins[FULL])}; the file was deleted, nothing was kept\n")
@@ -139,14 +139,14 @@ def test_md5_mismatch_then_next_mirror(tmp_path, mirror, table, standins):
     assert sorted(p.name for p in tmp_path.iterdir()) == [FULL]
 
 
-@pytest.mark.parametrize("what, name, extra", [("darknet53", BACKBONE, []), ("yolov3", FULL, ["--no-checksum"])])
+@pytest.mark.parametrize("what, name, extra", [("darknet53", BACKBONE, []), ("yolov3", FULL, ["--no_checksum"])])
 def test_layout_refused_at_the_right_size(tmp_path, mirror, table, standins, what, name, extra, capsys):
     """A file of the right size whose header says Darknet 0.0 (a 16-byte header): the reader finds one float too many.
-    darknet53 has no MD5 to catch it; yolov3 with --no-checksum skips its MD5: the layout check refuses both."""
+    darknet53 has no MD5 to catch it; yolov3 with --no_checksum skips its MD5: the layout check refuses both."""
     url, handler = mirror
     handler.files[name] = wrong_header(standins[name])
     root = tmp_path / "w"
-    status, _, err = cli(what, str(root), "--base-url", url, "--no-progress", *extra, capsys=capsys)
+    status, _, err = cli(what, str(root), "--base_url", url, "--no_progress", *extra, capsys=capsys)
     want = "the Darknet-53 backbone" if what == "darknet53" else "a full YOLOv3 for 80 classes"
     n = (len(standins[name]) - 16) // 4
     assert status == 1
@@ -226,7 +226,7 @@ def test_no_resume_across_mirrors_without_md5(tmp_path, standins, table, capsys)
 
 
 def test_mixture_failing_md5_is_deleted_even_where_files_are_kept(tmp_path, standins):
-    """VOC keeps a file whose MD5 fails (to accept a repack with --no-checksum), but never a mixture of two mirrors'
+    """VOC keeps a file whose MD5 fails (to accept a repack with --no_checksum), but never a mixture of two mirrors'
     bytes: A sends the first 50,000 bytes of one file, B the rest of another of the same size."""
     data, other = standins[FULL], standins["other.weights"]
     a_url, a, a_server = serve({"f.bin": data}, down_after=1)
@@ -259,7 +259,7 @@ def test_single_mirror_mismatch_is_still_kept_for_no_checksum(tmp_path, standins
 def test_users_file_is_never_replaced(tmp_path, mirror, table, capsys):
     url, handler = mirror
     (tmp_path / FULL).write_bytes(b"my own weights")
-    status, _, err = cli("yolov3", str(tmp_path), "--base-url", url, "--no-progress", capsys=capsys)
+    status, _, err = cli("yolov3", str(tmp_path), "--base_url", url, "--no_progress", capsys=capsys)
     assert status == 2 and handler.log == []
     assert err == (f"yolo-voc download: {tmp_path / FULL}: is there, and it is not the published {FULL} (14 bytes, not the "
                    f"expected {WEIGHTS_FILES['yolov3'].size:,}); nothing was replaced: move it away, or give another ROOT\n")
@@ -269,7 +269,7 @@ def test_users_file_is_never_replaced(tmp_path, mirror, table, capsys):
 def test_dangling_link_is_not_written_through(tmp_path, mirror, table, capsys):
     url, handler = mirror
     (tmp_path / BACKBONE).symlink_to(tmp_path / "elsewhere" / BACKBONE)
-    status, _, err = cli("darknet53", str(tmp_path), "--base-url", url, "--no-progress", capsys=capsys)
+    status, _, err = cli("darknet53", str(tmp_path), "--base_url", url, "--no_progress", capsys=capsys)
     assert (status, err) == (2, f"yolo-voc download: {tmp_path / BACKBONE}: is a symbolic link to nothing; nothing is written "
                                 "through links\n")
     assert not (tmp_path / "elsewhere").exists() and handler.log == []
@@ -279,7 +279,7 @@ def test_leftover_copy_removed(tmp_path, mirror, table, capsys):
     "A temporary copy left by a killed run (.yolov3.weights.XXXXXXXX) is removed by the next run."
     url, _ = mirror
     (tmp_path / f".{FULL}.0a1b2c3d").write_bytes(b"half a copy")
-    assert cli("yolov3", str(tmp_path), "--base-url", url, capsys=capsys)[0] == 0
+    assert cli("yolov3", str(tmp_path), "--base_url", url, capsys=capsys)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [FULL]
 
 
@@ -299,8 +299,8 @@ def test_cache_keeps_the_file_for_the_next_session(tmp_path, table, standins, ca
 
 
 def test_usage_errors(tmp_path, capsys):
-    for argv in (["darknet53", str(tmp_path), "--years", "2007"], ["yolov3", str(tmp_path), "--delete-tars"],
-                 ["voc", str(tmp_path), "--delete-tars", "--keep-tars"], ["resnet", str(tmp_path)]):
+    for argv in (["darknet53", str(tmp_path), "--years", "2007"], ["yolov3", str(tmp_path), "--delete_tars"],
+                 ["voc", str(tmp_path), "--delete_tars", "--keep_tars"], ["resnet", str(tmp_path)]):
         assert cli(*argv, capsys=capsys)[0] == 2, argv
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(DownloadError, match="resnet: no such weights file; choose from darknet53, yolov3"):
@@ -310,13 +310,13 @@ def test_usage_errors(tmp_path, capsys):
 def test_help_lists_the_weights(capsys):
     assert yolo_voc.cli.main(["download", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "darknet53: darknet53.conv.74" in " ".join(out.split()) and "--cache DIR" in out and "--keep-tars" in out
+    assert "darknet53: darknet53.conv.74" in " ".join(out.split()) and "--cache DIR" in out and "--keep_tars" in out
 
 
 def test_writing_root_fails_in_one_line(tmp_path, mirror, table, capsys):
     "ROOT under a file: exit 3, one line naming the path."
     url, _ = mirror
     (tmp_path / "f").write_text("x")
-    status, _, err = cli("yolov3", str(tmp_path / "f" / "w"), "--base-url", url, capsys=capsys)
+    status, _, err = cli("yolov3", str(tmp_path / "f" / "w"), "--base_url", url, capsys=capsys)
     assert (status, err) == (3, f"yolo-voc download: {tmp_path / 'f' / 'w'}: Not a directory\n")
 

@@ -14,6 +14,7 @@ from PIL import Image
 import yolo_voc.app
 import yolo_voc.export
 import yolo_voc.predict
+import yolo_voc.runtime
 import yolo_voc.synthetic
 import yolo_voc.voc
 from yolo_voc.checkpoint import save_weights
@@ -36,7 +37,7 @@ def files(tmp_path_factory):
     "A weights file, its ONNX export, a folder with one photo, a file in the way of paths, and a dataset."
     root = tmp_path_factory.mktemp("files")
     weights = save_weights(tiny_model(), root / "tiny.pt", class_names=NAMES, image_size=128, **CFG)
-    onnx = yolo_voc.export.export_onnx(yolo_voc.predict.load_detector(weights), root / "tiny.onnx")
+    onnx = yolo_voc.export.export_onnx(yolo_voc.runtime.load_detector(weights), root / "tiny.onnx")
     (root / "photos").mkdir()
     Image.new("RGB", (64, 48), (30, 160, 60)).save(root / "photos" / "a.jpg")
     (root / "photos" / "fake.jpg").write_bytes(b"not a jpeg")
@@ -67,19 +68,19 @@ def disk_full():
 # -- predict ---------------------------------------------------------------------------------------------------
 def test_predict_statuses(files, tmp_path, capsys, monkeypatch):
     w, photos = files["weights"], files["photos"]
-    base = ["predict", "--ckpt", w, "--device", "cpu", "--conf", "0.02"]
+    base = ["predict", "--ckpt_path", w, "--device", "cpu", "--conf", "0.02"]
     assert run(capsys, *base, "--out", tmp_path / "o0", photos / "a.jpg")[0] == EXIT_OK
     assert run(capsys, *base, "--out", tmp_path / "o1", photos / "fake.jpg") == (
         EXIT_BAD_INPUT, "yolo-voc predict: no image could be processed")
     (tmp_path / "bad.ckpt").write_text("x")
-    status, line = run(capsys, "predict", "--ckpt", tmp_path / "bad.ckpt", "--out", tmp_path / "o1b", photos)
+    status, line = run(capsys, "predict", "--ckpt_path", tmp_path / "bad.ckpt", "--out", tmp_path / "o1b", photos)
     assert status == EXIT_BAD_INPUT and f"{tmp_path / 'bad.ckpt'}: not a readable PyTorch checkpoint" in line
     assert run(capsys, *base, "--out", tmp_path / "o2", "--conf", "1.5", photos)[0] == EXIT_USAGE
     assert run(capsys, *base, "--out", photos / "det", photos)[0] == EXIT_USAGE  # an --out that is refused
     status, line = run(capsys, *base, "--out", files["afile"] / "det", photos)
     assert (status, line) == (EXIT_OUTPUT, f"yolo-voc predict: {files['afile'] / 'det'}: cannot create the folder (Not a directory)")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    status, line = run(capsys, "predict", "--ckpt", files["onnx"], "--device", "cpu", "--out", tmp_path / "o4", photos)
+    status, line = run(capsys, "predict", "--ckpt_path", files["onnx"], "--device", "cpu", "--out", tmp_path / "o4", photos)
     assert status == EXIT_MISSING_DEPENDENCY and 'pip install "yolo_voc[export]"' in line
     monkeypatch.setattr(yolo_voc.predict, "predict_to_folder", interrupt)
     assert run(capsys, *base, "--out", tmp_path / "o5", photos) == (EXIT_INTERRUPTED, "yolo-voc predict: interrupted")
@@ -88,33 +89,33 @@ def test_predict_statuses(files, tmp_path, capsys, monkeypatch):
 # -- export ----------------------------------------------------------------------------------------------------
 def test_export_statuses(files, tmp_path, capsys, monkeypatch):
     w = files["weights"]
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", tmp_path / "w.pt")[0] == EXIT_OK
-    assert run(capsys, "export", "--ckpt", tmp_path / "no.pt", "--format", "weights", "--out", tmp_path / "x.pt") == (
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", tmp_path / "w.pt")[0] == EXIT_OK
+    assert run(capsys, "export", "--ckpt_path", tmp_path / "no.pt", "--format", "weights", "--out", tmp_path / "x.pt") == (
         EXIT_BAD_INPUT, f"yolo-voc export: {tmp_path / 'no.pt'}: no such checkpoint file")
-    status, line = run(capsys, "export", "--ckpt", files["afile"], "--format", "weights", "--out", tmp_path / "x.pt")
+    status, line = run(capsys, "export", "--ckpt_path", files["afile"], "--format", "weights", "--out", tmp_path / "x.pt")
     assert status == EXIT_BAD_INPUT and "not a readable PyTorch checkpoint" in line
-    status, line = run(capsys, "export", "--ckpt", w, "--format", "onnx", "--int8", "--data", tmp_path / "nodata",
+    status, line = run(capsys, "export", "--ckpt_path", w, "--format", "onnx", "--int8", "--data", tmp_path / "nodata",
                        "--out", tmp_path / "i.onnx")
     assert status == EXIT_BAD_INPUT and "nodata: no such dataset folder" in line
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", tmp_path / "w.pt")[0] == EXIT_USAGE  # exists
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", w, "--exist-ok")[0] == EXIT_USAGE  # itself
-    assert run(capsys, "export", "--ckpt", w, "--format", "torchscript", "--int8", "--out", tmp_path / "t.pt")[0] == EXIT_USAGE
-    assert run(capsys, "export", "--ckpt", w, "--format", "tflite", "--out", tmp_path / "t.pt")[0] == EXIT_USAGE
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", files["afile"] / "w.pt") == (
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", tmp_path / "w.pt")[0] == EXIT_USAGE  # exists
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", w, "--exist_ok")[0] == EXIT_USAGE  # itself
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "torchscript", "--int8", "--out", tmp_path / "t.pt")[0] == EXIT_USAGE
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "tflite", "--out", tmp_path / "t.pt")[0] == EXIT_USAGE
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", files["afile"] / "w.pt") == (
         EXIT_OUTPUT, f"yolo-voc export: {files['afile'] / 'w.pt'}: cannot be written: {files['afile']} is a file, not a folder")
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", tmp_path) == (
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", tmp_path) == (
         EXIT_OUTPUT, f"yolo-voc export: {tmp_path}: is a folder: --out names the file to write")
     with monkeypatch.context() as m:  # the disk fills up while the file is written: named by its final name
         m.setattr(yolo_voc.checkpoint.torch, "save", disk_full())
-        assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", tmp_path / "full.pt") == (
+        assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", tmp_path / "full.pt") == (
             EXIT_OUTPUT, f"yolo-voc export: {tmp_path / 'full.pt'}: No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]  # nothing half-written left
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "onnx", None)
-        status, line = run(capsys, "export", "--ckpt", w, "--format", "onnx", "--out", tmp_path / "m.onnx")
+        status, line = run(capsys, "export", "--ckpt_path", w, "--format", "onnx", "--out", tmp_path / "m.onnx")
         assert status == EXIT_MISSING_DEPENDENCY and 'pip install "yolo_voc[export]"' in line
     monkeypatch.setattr(yolo_voc.export, "export_model", interrupt)
-    assert run(capsys, "export", "--ckpt", w, "--format", "weights", "--out", tmp_path / "i.pt") == (
+    assert run(capsys, "export", "--ckpt_path", w, "--format", "weights", "--out", tmp_path / "i.pt") == (
         EXIT_INTERRUPTED, "yolo-voc export: interrupted")
 
 
@@ -122,37 +123,37 @@ def test_export_statuses(files, tmp_path, capsys, monkeypatch):
 def test_app_statuses(files, tmp_path, capsys, monkeypatch):
     pytest.importorskip("gradio")
     w = files["weights"]
-    assert run(capsys, "app", "--ckpt", w, "--export-space", tmp_path / "space")[0] == EXIT_OK
+    assert run(capsys, "app", "--ckpt_path", w, "--export_space", tmp_path / "space")[0] == EXIT_OK
     assert (tmp_path / "space" / "app.py").exists()
-    assert run(capsys, "app", "--ckpt", tmp_path / "no.pt") == (EXIT_BAD_INPUT, f"yolo-voc app: {tmp_path / 'no.pt'}: no such checkpoint file")
-    status, line = run(capsys, "app", "--ckpt", w, "--examples-from", tmp_path / "nodata")
+    assert run(capsys, "app", "--ckpt_path", tmp_path / "no.pt") == (EXIT_BAD_INPUT, f"yolo-voc app: {tmp_path / 'no.pt'}: no such checkpoint file")
+    status, line = run(capsys, "app", "--ckpt_path", w, "--examples_from", tmp_path / "nodata")
     assert status == EXIT_BAD_INPUT and "nodata" in line
-    assert run(capsys, "app", "--ckpt", w, "--port", "seven")[0] == EXIT_USAGE
-    assert run(capsys, "app", "--ckpt", w, "--device", "tpu:9")[0] == EXIT_USAGE
-    status, line = run(capsys, "app", "--ckpt", w, "--export-space", files["afile"] / "space")
+    assert run(capsys, "app", "--ckpt_path", w, "--port", "seven")[0] == EXIT_USAGE
+    assert run(capsys, "app", "--ckpt_path", w, "--device", "tpu:9")[0] == EXIT_USAGE
+    status, line = run(capsys, "app", "--ckpt_path", w, "--export_space", files["afile"] / "space")
     assert status == EXIT_OUTPUT and line.startswith(f"yolo-voc app: {files['afile']}")
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "gradio", None)
-        status, line = run(capsys, "app", "--ckpt", w)
+        status, line = run(capsys, "app", "--ckpt_path", w)
         assert status == EXIT_MISSING_DEPENDENCY and 'pip install "yolo_voc[app]"' in line
     monkeypatch.setattr(yolo_voc.app, "load_app_detector", interrupt)
-    assert run(capsys, "app", "--ckpt", w) == (EXIT_INTERRUPTED, "yolo-voc app: interrupted")
+    assert run(capsys, "app", "--ckpt_path", w) == (EXIT_INTERRUPTED, "yolo-voc app: interrupted")
 
 
 # -- check and synth ---------------------------------------------------------------------------------------------
 def test_check_statuses(files, tmp_path, capsys, monkeypatch):
-    assert main(["check", str(files["data"]), "--no-cache"]) == EXIT_OK
-    assert main(["check", str(tmp_path), "--no-cache"]) == EXIT_BAD_INPUT  # not a dataset
+    assert main(["check", str(files["data"]), "--no_cache"]) == EXIT_OK
+    assert main(["check", str(tmp_path), "--no_cache"]) == EXIT_BAD_INPUT  # not a dataset
     assert main(["check", str(files["data"]), "--frobnicate"]) == EXIT_USAGE
     capsys.readouterr()
     monkeypatch.setattr(yolo_voc.voc, "check_dataset", interrupt)
-    assert run(capsys, "check", files["data"], "--no-cache") == (EXIT_INTERRUPTED, "yolo-voc check: interrupted")
+    assert run(capsys, "check", files["data"], "--no_cache") == (EXIT_INTERRUPTED, "yolo-voc check: interrupted")
 
 
 def test_synth_statuses(files, tmp_path, capsys, monkeypatch):
-    assert run(capsys, "synth", tmp_path / "s", "--images", "2", "--image-size", "64")[0] == EXIT_OK
+    assert run(capsys, "synth", tmp_path / "s", "--images", "2", "--image_size", "64")[0] == EXIT_OK
     assert run(capsys, "synth", tmp_path / "s2", "--classes", "99")[0] == EXIT_USAGE
-    status, line = run(capsys, "synth", files["afile"] / "s", "--images", "2", "--image-size", "64")
+    status, line = run(capsys, "synth", files["afile"] / "s", "--images", "2", "--image_size", "64")
     assert status == EXIT_OUTPUT and line.startswith(f"yolo-voc synth: {files['afile']}") and "Not a directory" in line
     monkeypatch.setattr(yolo_voc.synthetic, "make_synthetic_voc", interrupt)
     assert run(capsys, "synth", tmp_path / "s3") == (EXIT_INTERRUPTED, "yolo-voc synth: interrupted")
@@ -200,7 +201,7 @@ def test_readme_has_the_table():
 def test_console_script_statuses(files, tmp_path):
     "The installed console script, in a fresh process: the status reaches the shell."
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    p = subprocess.run(["yolo-voc", "export", "--ckpt", str(files["weights"]), "--format", "weights",
+    p = subprocess.run(["yolo-voc", "export", "--ckpt_path", str(files["weights"]), "--format", "weights",
                         "--out", str(files["afile"] / "w.pt")], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == EXIT_OUTPUT and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     p = subprocess.run(["yolo-voc", "check", str(tmp_path / "nothing"), "--json"], capture_output=True, text=True,

@@ -15,8 +15,9 @@ from yolo_voc.decode import postprocess
 from yolo_voc.checkpoint import save_weights
 from yolo_voc.model import YOLOv3
 from yolo_voc.cli import EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY, EXIT_OUTPUT, EXIT_USAGE, export_main
-from yolo_voc.export import EndToEnd, NmsSettings, export_onnx, fold_batchnorm, load_onnx_detector, quantize_int8
-from yolo_voc.predict import load_detector
+from yolo_voc.export import EndToEnd, NmsSettings, export_onnx, fold_batchnorm, quantize_int8
+from yolo_voc.runtime import load_onnx_detector
+from yolo_voc.runtime import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
 from tiny_models import CFG, NAMES, tiny_model
@@ -59,7 +60,7 @@ def images_of(root: Path) -> list[Path]:
 def test_onnx_matches_eager(ckpts, tmp_path, batch):
     ort = pytest.importorskip("onnxruntime")
     det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["ckpt"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert export_main(["--ckpt_path", str(ckpts["ckpt"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["out_stride32", "out_stride16", "out_stride8"]
     meta = sess.get_modelmeta().custom_metadata_map
@@ -85,7 +86,7 @@ def test_onnx_dynamic_hw(ckpts, tmp_path):
 
 def test_torchscript_matches_eager(ckpts, tmp_path):
     det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
     extra = {"yolo_voc.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the TorchScript loader
@@ -141,8 +142,8 @@ def test_end_to_end_module_equals_postprocess(ckpts):
 def test_onnx_end_to_end_matches_predict(ckpts, data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--nms", "--conf", "0.05",
-                        "--max-detections", "30", "--out", str(tmp_path / "e2e.onnx")]) == 0
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "onnx", "--nms", "--conf", "0.05",
+                        "--max_detections", "30", "--out", str(tmp_path / "e2e.onnx")]) == 0
     sess = ort.InferenceSession(str(tmp_path / "e2e.onnx"), providers=["CPUExecutionProvider"])  # onnxruntime alone
     assert [o.name for o in sess.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
     meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
@@ -173,7 +174,7 @@ def test_end_to_end_without_detections(ckpts, tmp_path):
 def test_torchscript_end_to_end_matches_onnx(ckpts, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     det = load_detector(ckpts["weights"])
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "torchscript", "--nms", "--conf", "0.05",
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "torchscript", "--nms", "--conf", "0.05",
                         "--out", str(tmp_path / "e2e.pt")]) == 0
     onnx_path = export_onnx(det, tmp_path / "e2e.onnx", nms=NmsSettings(conf=0.05))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -230,8 +231,8 @@ def test_int8_export_agrees_with_fp32(ckpts, data, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "int8.onnx"
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--int8", "--data", str(data),
-                        "--calib-images", "6", "--out", str(out)]) == 0
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "onnx", "--int8", "--data", str(data),
+                        "--calib_images", "6", "--out", str(out)]) == 0
     report = capsys.readouterr().out
     assert "int8" in report and "calibrated on 6 images" in report and "mAP50 on" in report and "fp32" in report
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
@@ -266,16 +267,16 @@ def one_line_error(capsys) -> str:
 
 
 def test_export_command_errors(tmp_path, capsys):
-    assert export_main(["--ckpt", str(tmp_path / "no.ckpt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_BAD_INPUT
+    assert export_main(["--ckpt_path", str(tmp_path / "no.ckpt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_BAD_INPUT
     assert "no.ckpt: no such checkpoint file" in capsys.readouterr().err
-    assert export_main(["--ckpt", "x", "--format", "tflite", "--out", "y"]) == 2
+    assert export_main(["--ckpt_path", "x", "--format", "tflite", "--out", "y"]) == 2
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_missing_onnx_names_the_package(ckpts, tmp_path, capsys, monkeypatch):
     "Without onnx, one line naming it and the extra, exit 4 (before: torch's OnnxExporterError traceback)."
     monkeypatch.setitem(sys.modules, "onnx", None)  # what Python does for a package that is not installed
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_DEPENDENCY
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_DEPENDENCY
     err = one_line_error(capsys)
     assert "onnx package" in err and 'pip install "yolo_voc[export]"' in err
     assert not (tmp_path / "m.onnx").exists()
@@ -283,7 +284,7 @@ def test_export_missing_onnx_names_the_package(ckpts, tmp_path, capsys, monkeypa
 
 def test_export_int8_missing_onnxruntime(ckpts, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--int8",
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "onnx", "--int8",
                         "--out", str(tmp_path / "m.onnx")]) == EXIT_MISSING_DEPENDENCY
     assert "onnxruntime package" in one_line_error(capsys)
 
@@ -292,23 +293,23 @@ def test_export_int8_missing_onnxruntime(ckpts, tmp_path, capsys, monkeypatch):
 def test_export_out_is_a_folder(ckpts, tmp_path, capsys, fmt):
     "An existing folder as --out: one line, exit 3 (before: IsADirectoryError traceback)."
     (tmp_path / "out").mkdir()
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", fmt, "--out", str(tmp_path / "out")]) == EXIT_OUTPUT
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", fmt, "--out", str(tmp_path / "out")]) == EXIT_OUTPUT
     assert "is a folder" in one_line_error(capsys)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_export_out_under_a_file(ckpts, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "weights",
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "weights",
                         "--out", str(tmp_path / "file" / "w.pt")]) == EXIT_OUTPUT
     assert str(tmp_path / "file") in one_line_error(capsys)
 
 
 def test_export_bad_option_combinations(ckpts, tmp_path, capsys):
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "torchscript", "--int8",
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "torchscript", "--int8",
                         "--out", str(tmp_path / "m.pt")]) == EXIT_USAGE
     assert "int8" in one_line_error(capsys)
-    assert export_main(["--ckpt", str(ckpts["weights"]), "--format", "onnx", "--int8", "--data", str(tmp_path / "nodata"),
+    assert export_main(["--ckpt_path", str(ckpts["weights"]), "--format", "onnx", "--int8", "--data", str(tmp_path / "nodata"),
                         "--out", str(tmp_path / "m.onnx")]) == EXIT_BAD_INPUT
     assert "nodata: no such dataset folder" in one_line_error(capsys)
 
@@ -317,6 +318,6 @@ def test_export_console_script_missing_onnx(ckpts, tmp_path):
     "The real command in a fresh process where `import onnx` fails: one line on stderr, exit 4."
     code = ("import sys; sys.modules['onnx'] = None; from yolo_voc.cli import export_main; "
             "sys.exit(export_main(sys.argv[1:]))")
-    p = subprocess.run([sys.executable, "-c", code, "--ckpt", str(ckpts["weights"]), "--format", "onnx",
+    p = subprocess.run([sys.executable, "-c", code, "--ckpt_path", str(ckpts["weights"]), "--format", "onnx",
                         "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 4 and "Traceback" not in p.stderr and 'pip install "yolo_voc[export]"' in p.stderr

@@ -20,7 +20,7 @@ import yaml
 from yolo_voc.boxes import VOC_CLASSES
 from yolo_voc.checkpoint import load_checkpoint_file
 from yolo_voc.lr_find import LRFile
-from yolo_voc.predict import load_detector
+from yolo_voc.runtime import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
 # a tiny model on 16 synthetic images of 3 classes; 2 training steps an epoch on each of the 2 processes

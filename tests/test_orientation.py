@@ -1,7 +1,7 @@
 """One rule for a photo's EXIF orientation everywhere (issue 21): JPEGs tagged 1, 3, 6 and 8 that all show the same
 upright picture give the same pixels under the same box in the dataset check, in training samples (plain and mosaic,
 with the reduced JPEG decodes of mosaic tiles), in predict, int8 calibration, Grad-CAM and the app; predict's
---save-xml passes the check; an annotation made on the stored pixels is recognised."""
+--save_xml passes the check; an annotation made on the stored pixels is recognised."""
 import re
 import shutil
 
@@ -189,7 +189,7 @@ def test_app_uploads_are_read_by_the_same_rule(photos):
 
 
 def test_save_xml_passes_the_check(photos, detector, tmp_path):
-    "predict --save-xml on tagged photos writes <size> and boxes of the upright image: the check passes."
+    "predict --save_xml on tagged photos writes <size> and boxes of the upright image: the check passes."
     out = tmp_path / "out"
     predict_to_folder(detector, [photos / f"JPEGImages/tag{o}.jpg" for o in STORE], out, conf=0.01, save_xml=True,
                       save_txt=True, log=lambda s: None)

@@ -1,5 +1,5 @@
 """Nothing of the user's is destroyed by an output (issue 22): `export` never writes over its own checkpoint (however
-the path is spelled) or, without --exist-ok, over any file, and writes every format atomically; `predict` refuses an
+the path is spelled) or, without --exist_ok, over any file, and writes every format atomically; `predict` refuses an
 --out that overlaps an input however either is spelled; `atomic_write` puts the data on the disk before the name."""
 import errno
 import os
@@ -13,7 +13,8 @@ from yolo_voc import checkpoint
 from yolo_voc.checkpoint import atomic_write, save_weights
 from yolo_voc.cli import EXIT_OUTPUT, EXIT_USAGE, export_main, predict_main
 from yolo_voc.export import check_export_out, export_model
-from yolo_voc.predict import UnsafeOutputError, check_output, load_detector
+from yolo_voc.predict import UnsafeOutputError, check_output
+from yolo_voc.runtime import load_detector
 from yolo_voc.synthetic import make_synthetic_voc
 
 from tiny_models import CFG, NAMES, tiny_model
@@ -53,13 +54,13 @@ def one_line(capsys) -> str:
                                        ("model.pt", "link.pt"), ("link.pt", "model.pt"), ("model.pt", "sub/../model.pt"),
                                        ("model.pt", "HARD")])
 def test_export_never_writes_over_its_checkpoint(user, capsys, fmt, ckpt, out):
-    "`export --ckpt model.pt --out model.pt` replaced the checkpoint with the export (exit 0). Now: exit 2, --exist-ok or not."
+    "`export --ckpt_path model.pt --out model.pt` replaced the checkpoint with the export (exit 0). Now: exit 2, --exist_ok or not."
     (user / "sub").mkdir()
     if out == "HARD": os.link(user / "model.pt", user / "hard.pt"); out = "hard.pt"  # the same inode by another name
     ckpt, out = (s.replace("ABS", str(user)) for s in (ckpt, out))
     before = (user / "model.pt").read_bytes()
-    for extra in ([], ["--exist-ok"]):
-        assert export("--ckpt", ckpt, "--format", fmt, "--out", out, *extra) == EXIT_USAGE
+    for extra in ([], ["--exist_ok"]):
+        assert export("--ckpt_path", ckpt, "--format", fmt, "--out", out, *extra) == EXIT_USAGE
         line = one_line(capsys)
         assert line == f"yolo-voc export: {Path(out)}: is the checkpoint being exported ({ckpt}); choose another --out"
     assert (user / "model.pt").read_bytes() == before and (user / "link.pt").is_symlink()
@@ -68,11 +69,11 @@ def test_export_never_writes_over_its_checkpoint(user, capsys, fmt, ckpt, out):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "weights"])
 def test_export_refuses_an_existing_file_unless_exist_ok(user, capsys, fmt):
-    assert export("--ckpt", "model.pt", "--format", fmt, "--out", "notes.txt") == EXIT_USAGE
-    assert one_line(capsys) == "yolo-voc export: notes.txt: exists; choose another --out, or pass --exist-ok to replace it"
+    assert export("--ckpt_path", "model.pt", "--format", fmt, "--out", "notes.txt") == EXIT_USAGE
+    assert one_line(capsys) == "yolo-voc export: notes.txt: exists; choose another --out, or pass --exist_ok to replace it"
     assert (user / "notes.txt").read_text() == "my notes"
-    # --exist-ok replaces it with a complete export, and leaves no temporary file
-    assert export("--ckpt", "model.pt", "--format", fmt, "--out", "notes.txt", "--exist-ok") == 0
+    # --exist_ok replaces it with a complete export, and leaves no temporary file
+    assert export("--ckpt_path", "model.pt", "--format", fmt, "--out", "notes.txt", "--exist_ok") == 0
     assert load_detector(user / "model.pt").class_names == NAMES
     if fmt == "weights": assert load_detector(user / "notes.txt").class_names == NAMES
     elif fmt == "torchscript":
@@ -86,10 +87,10 @@ def test_export_refuses_an_existing_file_unless_exist_ok(user, capsys, fmt):
 def test_export_under_a_file_names_the_path(user, capsys):
     "Before: `model_backup.ckpt: File exists`, naming the wrong file. Now the path, and the file in its way; exit 3."
     (user / "model_backup.ckpt").write_text("backup")
-    assert export("--ckpt", "model.pt", "--format", "onnx", "--out", "model_backup.ckpt/e.onnx") == EXIT_OUTPUT
+    assert export("--ckpt_path", "model.pt", "--format", "onnx", "--out", "model_backup.ckpt/e.onnx") == EXIT_OUTPUT
     assert one_line(capsys) == ("yolo-voc export: model_backup.ckpt/e.onnx: cannot be written: model_backup.ckpt is a "
                                 "file, not a folder")
-    assert export("--ckpt", "model.pt", "--format", "weights", "--out", "model_backup.ckpt/deeper/w.pt") == EXIT_OUTPUT
+    assert export("--ckpt_path", "model.pt", "--format", "weights", "--out", "model_backup.ckpt/deeper/w.pt") == EXIT_OUTPUT
     assert "model_backup.ckpt/deeper/w.pt: cannot be written: model_backup.ckpt is a file" in one_line(capsys)
     assert (user / "model_backup.ckpt").read_text() == "backup"
 
@@ -130,8 +131,8 @@ def test_export_is_atomic_for_every_format(user, monkeypatch, fmt, int8):
     def fsync(fd): steps.append(("fsync",)); real_fsync(fd)
     monkeypatch.setattr(os, "link", link); monkeypatch.setattr(os, "replace", replace); monkeypatch.setattr(os, "fsync", fsync)
     args = ["--int8", "--data", str(make_synthetic_voc(user / "data", 8, (96, 72), class_names=NAMES).parent.parent),
-            "--calib-images", "2", "--no-eval"] if int8 else []
-    assert export("--ckpt", "model.pt", "--format", fmt, "--out", "out.bin", *args) == 0
+            "--calib_images", "2", "--no_eval"] if int8 else []
+    assert export("--ckpt_path", "model.pt", "--format", fmt, "--out", "out.bin", *args) == 0
     final = [s for s in steps if s[0] != "fsync" and s[2] == "out.bin"]
     assert final == [("link", ".partial", "out.bin", False)]  # the only step that touched the name: one hard link
     i = steps.index(final[0])
@@ -165,9 +166,9 @@ def test_predict_out_overlapping_an_input_is_refused_however_spelled(user, capsy
     (user / "link").symlink_to("imgs")
     inputs, out = [s.replace("ABS", str(user)) for s in inputs], out.replace("ABS", str(user))
     before = sorted(p.relative_to(user) for p in user.rglob("*"))
-    assert predict_main(["--ckpt", "model.pt", "--out", out, "--device", "cpu", "--exist-ok", *inputs]) == EXIT_USAGE
+    assert predict_main(["--ckpt_path", "model.pt", "--out", out, "--device", "cpu", "--exist_ok", *inputs]) == EXIT_USAGE
     line = one_line(capsys)
-    assert line.startswith(f"yolo-voc predict: {Path(out)}: {how}") and "--allow-input-overlap" in line
+    assert line.startswith(f"yolo-voc predict: {Path(out)}: {how}") and "--allow_input_overlap" in line
     assert sorted(p.relative_to(user) for p in user.rglob("*")) == before  # nothing written, no folder made
     with pytest.raises(UnsafeOutputError, match=how): check_output(out, inputs, exist_ok=True)
 

@@ -17,7 +17,8 @@ from yolo_voc.model import YOLOv3
 from yolo_voc.checkpoint import CheckpointError, read_checkpoint, save_weights
 from yolo_voc.gradcam import gradcam, overlay_heatmap, render_view
 from yolo_voc.cli import predict_main
-from yolo_voc.predict import ImageReadError, draw_detections, load_detector
+from yolo_voc.predict import ImageReadError, draw_detections
+from yolo_voc.runtime import load_detector
 
 from tiny_models import CFG, NAMES, tiny_model
 
@@ -196,12 +197,12 @@ def test_predict_bad_images(ckpts, images):
 
 
 def run_predict(ckpt, out, *inputs, extra=()):
-    return predict_main(["--ckpt", str(ckpt), "--out", str(out), "--conf", "0.02", *extra, *map(str, inputs)])
+    return predict_main(["--ckpt_path", str(ckpt), "--out", str(out), "--conf", "0.02", *extra, *map(str, inputs)])
 
 
 def test_predict_command(ckpts, images, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_predict(ckpts["ckpt"], out, images, images / "missing.jpg", extra=["--batch-size", "2"]) == 0
+    assert run_predict(ckpts["ckpt"], out, images, images / "missing.jpg", extra=["--batch_size", "2"]) == 0
     err = capsys.readouterr().err
     for bad in ("fake.jpg", "trunc.jpg", "missing.jpg"):
         assert bad in err
@@ -243,7 +244,7 @@ def test_predict_console_script(ckpts, images, tmp_path):
     if "predict" not in getattr(cli, "COMMANDS", {}):
         pytest.skip("`predict` is not registered in yolo_voc.cli.COMMANDS yet")
     exe = shutil.which("yolo-voc") or pytest.skip("the yolo-voc console script is not installed")
-    p = subprocess.run([exe, "predict", "--ckpt", str(ckpts["weights"]), "--out", str(tmp_path / "o"), "--conf", "0.05",
+    p = subprocess.run([exe, "predict", "--ckpt_path", str(ckpts["weights"]), "--out", str(tmp_path / "o"), "--conf", "0.05",
                         str(images)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "fake.jpg" in p.stderr and (tmp_path / "o" / "predictions.json").exists()

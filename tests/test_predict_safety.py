@@ -1,7 +1,7 @@
 """`yolo-voc predict` against a hostile but realistic user (issue 17) and its new options (issue 16, part 3):
 output never touches inputs, results survive output errors with one line and exit 3, deep images are read as
 they look, folder scans report what they skip, options are checked before anything is written, the device
-choice, --image-size, --save-txt / --save-xml, videos and Darknet files."""
+choice, --image_size, --save_txt / --save_xml, videos and Darknet files."""
 import errno
 import json
 import os
@@ -20,8 +20,9 @@ from PIL import Image
 
 from yolo_voc.checkpoint import save_weights
 from yolo_voc.cli import predict_main, predict_parser
-from yolo_voc.predict import (OutputError, UnsafeOutputError, Video, check_output, load_detector, load_image,
-                              predict_to_folder, resolve_device)
+from yolo_voc.predict import (OutputError, UnsafeOutputError, Video, check_output, load_image, predict_to_folder,
+                              resolve_device)
+from yolo_voc.runtime import load_detector
 from yolo_voc.voc import check_dataset, parse_yolo_labels
 
 from tiny_models import CFG, NAMES, tiny_model
@@ -51,7 +52,7 @@ def photos(tmp_path):
 
 
 def run(weights, out, *inputs, extra=()) -> int:
-    return predict_main(["--ckpt", str(weights), "--out", str(out), "--conf", "0.02", "--device", "cpu", *extra, *map(str, inputs)])
+    return predict_main(["--ckpt_path", str(weights), "--out", str(out), "--conf", "0.02", "--device", "cpu", *extra, *map(str, inputs)])
 
 
 def snapshot(folder: Path) -> dict:
@@ -71,10 +72,10 @@ def test_out_equal_to_input_folder_keeps_inputs(weights, photos, capsys):
     before = snapshot(photos)
     assert run(weights, photos, photos) == 2
     line = one_line(capsys.readouterr().err)
-    assert f"{photos}: is the input folder" in line and "--allow-input-overlap" in line
+    assert f"{photos}: is the input folder" in line and "--allow_input_overlap" in line
     assert snapshot(photos) == before  # not one byte written, nothing added
     # even asked explicitly, no input is written over: the drawings get other names
-    assert run(weights, photos, photos, extra=["--exist-ok", "--allow-input-overlap"]) == 0
+    assert run(weights, photos, photos, extra=["--exist_ok", "--allow_input_overlap"]) == 0
     after = snapshot(photos)
     assert {n: after[n] for n in before} == before
     outputs = [r["output"] for r in json.loads(after["predictions.json"])["images"]]
@@ -86,7 +87,7 @@ def test_out_inside_or_holding_an_input_is_refused(weights, photos, tmp_path, ca
     assert run(weights, photos / "detections", photos) == 2
     assert "lies inside the input folder" in one_line(capsys.readouterr().err)
     assert not (photos / "detections").exists()
-    assert run(weights, photos, photos / "a.jpg", extra=["--exist-ok"]) == 2
+    assert run(weights, photos, photos / "a.jpg", extra=["--exist_ok"]) == 2
     assert "holds the input" in one_line(capsys.readouterr().err)
     link = tmp_path / "link"; link.symlink_to(photos)  # the same folder by another name
     assert run(weights, link, photos) == 2
@@ -100,8 +101,8 @@ def test_second_run_is_refused_unless_exist_ok(weights, photos, tmp_path, capsys
     capsys.readouterr()
     assert run(weights, out, photos / "a.jpg") == 2
     assert f"{out}: is not empty" in one_line(capsys.readouterr().err) and snapshot(out) == first
-    # --exist-ok: replaces what it writes again and lists what the first run left
-    assert run(weights, out, photos / "a.jpg", extra=["--exist-ok"]) == 0
+    # --exist_ok: replaces what it writes again and lists what the first run left
+    assert run(weights, out, photos / "a.jpg", extra=["--exist_ok"]) == 0
     err = capsys.readouterr().err
     assert "2 entries that were there before are not part of this run" in err
     result = json.loads((out / "predictions.json").read_text())
@@ -164,7 +165,7 @@ def test_file_too_large_in_a_real_process(weights, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, "-c", "import sys; from yolo_voc.cli import predict_main; sys.exit(predict_main())",
-                        "--ckpt", str(weights), "--out", str(out), "--conf", "0.02", "--device", "cpu", str(src)],
+                        "--ckpt_path", str(weights), "--out", str(out), "--conf", "0.02", "--device", "cpu", str(src)],
                        capture_output=True, text=True, timeout=300, preexec_fn=limit_files,
                        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     assert p.returncode == 3, p.stderr
@@ -225,8 +226,8 @@ def test_folder_scan_takes_gif_and_reports_skips(weights, tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (["--conf", "1.5"], "--conf must be a number in [0, 1], got 1.5"), (["--conf", "-0.5"], "--conf"),
     (["--conf", "nan"], "--conf must be a number in [0, 1], got nan"), (["--iou", "-0.3"], "--iou"),
-    (["--max-detections", "-1"], "--max-detections must be a whole number >= 1"), (["--batch-size", "0"], "--batch-size"),
-    (["--image-size", "100"], "--image-size must be a positive multiple of 32"), (["--image-size", "0"], "--image-size"),
+    (["--max_detections", "-1"], "--max_detections must be a whole number >= 1"), (["--batch_size", "0"], "--batch_size"),
+    (["--image_size", "100"], "--image_size must be a positive multiple of 32"), (["--image_size", "0"], "--image_size"),
     (["--fps", "0"], "--fps"), (["--device", "cuda:7"], "--device cuda:7")])
 def test_bad_options_write_nothing(weights, photos, tmp_path, capsys, bad, message, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -249,8 +250,8 @@ def test_results_are_strict_json(weights, photos, tmp_path):
 def test_help_says_output_policy_and_exit_codes(capsys):
     assert predict_main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for s in ("OUT must be new or empty, unless --exist-ok", "never written over", "0 at least one image was processed",
-              "1 no image could be processed", "2 bad command line", "3 an output could not be written", "--save-xml"):
+    for s in ("OUT must be new or empty, unless --exist_ok", "never written over", "0 at least one image was processed",
+              "1 no image could be processed", "2 bad command line", "3 an output could not be written", "--save_xml"):
         assert s in text, s
 
 
@@ -264,7 +265,7 @@ def test_library_errors_are_typed(weights, photos, tmp_path):
 
 def test_device_auto_follows_cuda_availability(monkeypatch):
     "Simulated: torch.cuda.is_available is monkeypatched (this machine's answer is not used)."
-    assert predict_parser().parse_args(["--ckpt", "c", "--out", "o", "x"]).device == "auto"
+    assert predict_parser().parse_args(["--ckpt_path", "c", "--out", "o", "x"]).device == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device(None) == "cuda" and resolve_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -275,12 +276,12 @@ def test_device_auto_follows_cuda_availability(monkeypatch):
 
 def test_device_recorded(weights, photos, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert predict_main(["--ckpt", str(weights), "--out", str(tmp_path / "o"), str(photos / "a.jpg")]) == 0
+    assert predict_main(["--ckpt_path", str(weights), "--out", str(tmp_path / "o"), str(photos / "a.jpg")]) == 0
     assert json.loads((tmp_path / "o" / "predictions.json").read_text())["settings"]["device"] == "cpu"
 
 
 def test_image_size_option(weights, photos, tmp_path):
-    assert run(weights, tmp_path / "o", photos / "a.jpg", extra=["--image-size", "96"]) == 0
+    assert run(weights, tmp_path / "o", photos / "a.jpg", extra=["--image_size", "96"]) == 0
     result = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert result["settings"]["image_size"] == 96
     ref = load_detector(weights, image_size=96).predict(photos / "a.jpg", conf=0.02)[0]
@@ -292,10 +293,10 @@ def test_image_size_option(weights, photos, tmp_path):
 
 
 def test_save_xml_is_a_dataset_check_accepts(weights, synth_voc, tmp_path):
-    "predict --save-xml on synthetic images, laid out as a VOCdevkit: `check_dataset` finds no problem."
+    "predict --save_xml on synthetic images, laid out as a VOCdevkit: `check_dataset` finds no problem."
     ids = sorted(p.stem for p in (synth_voc / "JPEGImages").glob("*.jpg"))[:4]
     assert run(weights, tmp_path / "out", *[synth_voc / "JPEGImages" / f"{i}.jpg" for i in ids],
-               extra=["--save-xml", "--save-txt", "--conf", "0.005"]) == 0
+               extra=["--save_xml", "--save_txt", "--conf", "0.005"]) == 0
     result = json.loads((tmp_path / "out" / "predictions.json").read_text())
     # an image without detections gets no XML (nor text), as ultralytics writes no label file for it
     found = [Path(r["file"]).stem for r in result["images"] if r["detections"]]
@@ -337,8 +338,8 @@ def test_video_file(weights, tmp_path):
     for f in frames_with_a_square(7): w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     w.release()
     out = tmp_path / "out"
-    assert predict_main(["--ckpt", str(weights), "--out", str(out), "--conf", "0.01", "--device", "cpu",
-                         "--batch-size", "3", str(vid)]) == 0
+    assert predict_main(["--ckpt_path", str(weights), "--out", str(out), "--conf", "0.01", "--device", "cpu",
+                         "--batch_size", "3", str(vid)]) == 0
     v = Video.open(out / "clip.avi")
     assert (v.width, v.height, v.fps) == (128, 96, 12.0) and len(list(v)) == 7
     lines = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
@@ -353,8 +354,8 @@ def test_folder_of_frames_as_video(weights, tmp_path):
     for i, f in enumerate(frames_with_a_square(5)): Image.fromarray(f).save(src / f"{i:03d}.png")
     (src / "002.png").write_bytes(b"broken")  # a bad frame is reported, the video goes on
     out = tmp_path / "out"
-    assert predict_main(["--ckpt", str(weights), "--out", str(out), "--conf", "0.01", "--device", "cpu",
-                         "--save-video", "--fps", "5", str(src)]) == 0
+    assert predict_main(["--ckpt_path", str(weights), "--out", str(out), "--conf", "0.01", "--device", "cpu",
+                         "--save_video", "--fps", "5", str(src)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["frames.avi", "predictions.json", "predictions.jsonl"]
     v = Video.open(out / "frames.avi")
     assert (v.width, v.height, v.fps, len(list(v))) == (128, 96, 5.0, 4)

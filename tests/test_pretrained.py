@@ -107,7 +107,7 @@ def test_kept_darknet_heads_train_with_darknet_conventions(tmp_path):
 def test_fit_from_a_full_darknet_file_keeps_its_conventions(tmp_path):
     "`yolo-voc fit --model.pretrained` with a full Darknet file of the data's class count: the checkpoint decodes as Darknet."
     from yolo_voc.darknet import DARKNET_DECODING
-    from yolo_voc.predict import load_detector
+    from yolo_voc.runtime import load_detector
     torch.manual_seed(5)
     save_darknet(YOLOv3(4, **W), tmp_path / "four.weights")
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -131,7 +131,7 @@ def test_fit_end_to_end_writes_summary_and_resumes(tmp_path):
     assert "map50" in r.stdout
     # the trained checkpoint predicts from the command line, boxes in each image's own pixels
     images = sorted((Path(os.environ["YOLO_VOC_CACHE"])).glob("synthetic-*/VOCdevkit/VOC2007/JPEGImages/*.jpg"))[:3]
-    cli("predict", "--ckpt", run / "checkpoints/last.ckpt", "--out", tmp_path / "pred", "--conf", "0.01", *images)
+    cli("predict", "--ckpt_path", run / "checkpoints/last.ckpt", "--out", tmp_path / "pred", "--conf", "0.01", *images)
     preds = json.loads((tmp_path / "pred/predictions.json").read_text())
     entries = preds["images"] if isinstance(preds, dict) else preds
     assert len(entries) == 3 and all(e["width"] == 320 and e["height"] == 240 for e in entries)

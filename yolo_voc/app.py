@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import save_weights
-from .export import OnnxBackend, OpenVinoBackend, load_onnx_detector
 from .gradcam import detections_table, gradcam, overlay_heatmap
-from .predict import Detections, Detector, draw_detections, list_images, load_detector, load_image
+from .predict import Detections, Detector, draw_detections, list_images, load_image
+from .runtime import OnnxBackend, OpenVinoBackend, load_detector, load_onnx_detector
 
 # %% auto 0
 __all__ = ['SPACE_APP', 'load_app_detector', 'can_gradcam', 'detect_view', 'import_gradio', 'model_kind', 'build_app',
@@ -121,7 +121,7 @@ def examples_from(root, # a dataset folder (VOCdevkit or YOLO text)
     return pick_examples(load_annotations(root, split, class_names), n)
 
 # %% ../nbs/engineering/11_app.ipynb
-SPACE_APP = '''"""Hugging Face Space (Gradio SDK): the yolo_voc demo of {model}, written by `yolo-voc app --export-space`."""
+SPACE_APP = '''"""Hugging Face Space (Gradio SDK): the yolo_voc demo of {model}, written by `yolo-voc app --export_space`."""
 import os
 from pathlib import Path
 
@@ -153,7 +153,7 @@ def write_space(detector: Detector, # the model to serve (from `load_app_detecto
                ) -> Path:
     "Write a Hugging Face Space folder (model, app.py, requirements.txt, README.md, examples/) serving `detector`."
     out = Path(out)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: is a file: --export-space names a folder")
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: is a file: --export_space names a folder")
     openvino = isinstance(detector.model, OpenVinoBackend)
     onnx = not can_gradcam(detector) and not openvino
     (out / "examples").mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def write_space(detector: Detector, # the model to serve (from `load_app_detecto
     except ImportError: sdk = ""
     (out / "README.md").write_text(f"---\ntitle: {title}\nemoji: 🔎\nsdk: gradio\n{sdk}app_file: app.py\npinned: false\n---\n\n"
                                    f"{title}: YOLOv3 ({detector.num_classes} classes: {', '.join(detector.class_names)}), "
-                                   f"served by `app.py` from `{model}`. Written by `yolo-voc app --export-space`.\n")
+                                   f"served by `app.py` from `{model}`. Written by `yolo-voc app --export_space`.\n")
     return out
 
 # %% ../nbs/engineering/11_app.ipynb

@@ -96,7 +96,7 @@ def torch_load(path: Path, weights_only: bool = True):
             what = next(l for l in msg.splitlines() if "unsupported global" in l.lower()).strip()
             what = what[what.lower().index("unsupported global"):].split(" was not")[0].rstrip(".")
             raise CheckpointError(f"{path}: a weights-only load refuses this file ({what}); load it with "
-                                  "weights_only=False (--unsafe-load) only if you trust it") from None
+                                  "weights_only=False (--unsafe_load) only if you trust it") from None
         boiler = ("weights only load failed", "please file an issue", "check the documentation", "(1)", "(2)")
         lines = [l.strip() for l in msg.splitlines() if l.strip() and not l.strip().lower().startswith(boiler)]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "

@@ -19,11 +19,27 @@ import yolo_voc
 
 # %% auto 0
 __all__ = ['COMMANDS', 'EXIT_OK', 'EXIT_BAD_INPUT', 'EXIT_USAGE', 'EXIT_OUTPUT', 'EXIT_MISSING_DEPENDENCY', 'EXIT_INTERRUPTED',
-           'EXIT_STATUS_HELP', 'OPTIONAL_PACKAGES', 'PREDICT_EPILOG', 'EXPORT_EPILOG', 'os_error_line',
+           'EXIT_STATUS_HELP', 'OPTIONAL_PACKAGES', 'PREDICT_EPILOG', 'EXPORT_EPILOG', 'Parser', 'os_error_line',
            'missing_dependency_line', 'error_status', 'run_command', 'command', 'command_parser', 'main', 'synth',
            'check', 'download', 'lightning_help', 'train_command', 'lr_find', 'add_model_args', 'add_precision_arg',
            'parse_or_status', 'predict_parser', 'predict_main', 'export_parser', 'export_main', 'app_parser',
            'app_main']
+
+# %% ../nbs/engineering/10_cli.ipynb
+class Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose options are spelled with underscores, as `fit`'s are (`--batch_size`), and that also takes hyphens (`--batch-size`)."
+    def _underscored(self, arg: str) -> str:
+        "`arg` with the hyphens of its option name made underscores, when that names (or begins) one of this parser's options."
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or "-" not in name[2:]: return arg
+        alt = "--" + name[2:].replace("-", "_")
+        known = alt in self._option_string_actions or any(o.startswith(alt) for o in self._option_string_actions)
+        return alt + eq + value if known else arg
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)  # after `--` every word is a value
+        return super().parse_known_args([self._underscored(a) for a in args[:end]] + args[end:], namespace)
 
 # %% ../nbs/engineering/10_cli.ipynb
 #: Subcommands of `yolo-voc`: name -> function(argv: list[str]) -> exit status.
@@ -97,10 +113,10 @@ def command(name: str):
 def command_parser(name: str, # the command, e.g. "export"
                    description: str, # one paragraph, wrapped to the terminal
                    epilog: str = "", # what this command adds before the exit-status table (kept as written)
-                  ) -> argparse.ArgumentParser:
-    "An `ArgumentParser` whose --help ends with `epilog` and the exit-status table."
+                  ) -> Parser:
+    "A `Parser` whose --help ends with `epilog` and the exit-status table."
     width = min(100, shutil.get_terminal_size().columns - 2)
-    return argparse.ArgumentParser(prog=f"yolo-voc {name}", description=textwrap.fill(" ".join(description.split()), width),
+    return Parser(prog=f"yolo-voc {name}", description=textwrap.fill(" ".join(description.split()), width),
                                    epilog="\n\n".join(filter(None, [epilog, EXIT_STATUS_HELP])),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -138,7 +154,7 @@ def synth(argv: list[str]) -> int:
     p = command_parser("synth", "Write a synthetic VOCdevkit of coloured shapes: OUT/VOCdevkit/VOC2007.")
     p.add_argument("out", type=Path, help="folder to write VOCdevkit/ into")
     p.add_argument("--images", type=int, default=200, help="number of images (default: 200)")
-    p.add_argument("--image-size", type=_image_size, default=(320, 240), metavar="PX|WxH",
+    p.add_argument("--image_size", type=_image_size, default=(320, 240), metavar="PX|WxH",
                    help="image size, PX for a square or WxH (default: 320x240)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--classes", type=int, default=len(VOC_CLASSES), metavar="N",
@@ -190,7 +206,7 @@ def check(argv: list[str]) -> int:
                    help="class names, comma-separated or a file with one per line, read as a dataset's classes.txt "
                         "(default: from the data, as fit takes them)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--no-cache", action="store_true", help="do not use or update the check cache")
+    p.add_argument("--no_cache", action="store_true", help="do not use or update the check cache")
     a = p.parse_args(argv)
     try: names = _class_names(a.classes) if a.classes else None
     except (argparse.ArgumentTypeError, OSError) as e: p.error(str(e))
@@ -228,24 +244,24 @@ def download(argv: list[str]) -> int:
     p.add_argument("root", type=Path, metavar="ROOT", help="the folder to download into (created)")
     p.add_argument("--years", nargs="+", default=None, choices=["2007", "2012"],
                    help="voc: 2007 gives VOC2007 trainval + test, 2012 VOC2012 trainval (default: both)")
-    p.add_argument("--base-url", action="append", default=None, metavar="URL",
+    p.add_argument("--base_url", action="append", default=None, metavar="URL",
                    help="a mirror serving the official file names; repeat it to try several in order (default: the "
                         "official server, then the known mirrors)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help=f"download into DIR and keep the files there for later runs and sessions (a Google Drive folder "
                         f"on Colab): voc is extracted from it, weights are copied from it (default: ${CACHE_ENV}, else none)")
     tars = p.add_mutually_exclusive_group()
-    tars.add_argument("--delete-tars", dest="delete_tars", action="store_const", const=True, default=None,
+    tars.add_argument("--delete_tars", dest="delete_tars", action="store_const", const=True, default=None,
                       help=f"voc: delete each tar in ROOT once it is extracted (default: where disk is scarce: Kaggle, "
                            f"Colab, or less than {KEEP_TARS_FACTOR}x the tars' size left free after extraction); the cache "
                            "is never deleted")
-    tars.add_argument("--keep-tars", dest="delete_tars", action="store_const", const=False, help="voc: keep the tars in ROOT")
-    p.add_argument("--no-checksum", action="store_true",
+    tars.add_argument("--keep_tars", dest="delete_tars", action="store_const", const=False, help="voc: keep the tars in ROOT")
+    p.add_argument("--no_checksum", action="store_true",
                    help="skip the size and MD5 checks (voc: repacked mirrors; weights: skip the MD5, size and layout are still checked)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.what != "voc" and (a.years or a.delete_tars is not None):
-        p.error(f"--years, --delete-tars and --keep-tars are for voc, not {a.what}")
+        p.error(f"--years, --delete_tars and --keep_tars are for voc, not {a.what}")
     prog, years = "yolo-voc download", a.years or ["2007", "2012"]
     try:
         if a.what == "voc":
@@ -264,7 +280,7 @@ def download(argv: list[str]) -> int:
     if a.what == "voc": print(f"Pascal VOC {'+'.join(years)} in {got}; train with: yolo-voc fit --data.root {a.root}")
     else:
         use = (f"yolo-voc fit --data.root DATA --model.pretrained {got.path}" if a.what == "darknet53" else
-               f"yolo-voc predict --ckpt {got.path} --out OUT IMAGES")
+               f"yolo-voc predict --ckpt_path {got.path} --out OUT IMAGES")
         print(f"{got}\nuse it with: {use}")
     return 0
 
@@ -307,12 +323,13 @@ def lr_find(argv: list[str]) -> int:
 
 # %% ../nbs/engineering/10_cli.ipynb
 def add_model_args(p: argparse.ArgumentParser, default_device: str = "cpu"):
-    "Add `--ckpt`, `--device` and `--unsafe-load` (the options every command that loads a model has)."
-    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, yolo_voc weights file, Darknet .weights file, raw ONNX export (.onnx) or OpenVINO "
-                   "export (.xml, or its folder)")
+    "Add `--ckpt_path`, `--device` and `--unsafe_load` (the options every command that loads a model has)."
+    p.add_argument("--ckpt_path", "--ckpt", required=True, metavar="CKPT",
+                   help="Lightning .ckpt, yolo_voc weights file, Darknet .weights file, raw ONNX export (.onnx) or OpenVINO "
+                   "export (.xml, or its folder) (--ckpt: the old spelling)")
     p.add_argument("--device", default=default_device,
                    help=f"torch device: auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:1... (default: {default_device})")
-    p.add_argument("--unsafe-load", action="store_true",
+    p.add_argument("--unsafe_load", action="store_true",
                    help="load with torch.load(weights_only=False): only for checkpoints you trust")
 
 def add_precision_arg(p: argparse.ArgumentParser):
@@ -326,9 +343,9 @@ def parse_or_status(parser: argparse.ArgumentParser, argv) -> argparse.Namespace
     try: return parser.parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 2
 
-PREDICT_EPILOG = """output: OUT must be new or empty, unless --exist-ok (same names are then replaced, and files left from
+PREDICT_EPILOG = """output: OUT must be new or empty, unless --exist_ok (same names are then replaced, and files left from
 earlier runs are listed in predictions.json 'earlier_files'); OUT may not be, lie inside or hold an input
-unless --allow-input-overlap, and input files are never written over. Results are appended to
+unless --allow_input_overlap, and input files are never written over. Results are appended to
 OUT/predictions.jsonl image by image and OUT/predictions.json is written at the end.
 
 predict: 0 at least one image was processed (unreadable files are reported on stderr and in 'errors');
@@ -342,20 +359,20 @@ def predict_parser() -> argparse.ArgumentParser:
     add_model_args(p, default_device="auto")
     add_precision_arg(p)
     p.add_argument("--out", required=True, help="output folder, new or empty (created)")
-    p.add_argument("--exist-ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
-    p.add_argument("--allow-input-overlap", action="store_true",
+    p.add_argument("--exist_ok", action="store_true", help="write into a non-empty --out (files of the same names are replaced)")
+    p.add_argument("--allow_input_overlap", action="store_true",
                    help="let --out be, lie inside or hold an input (input files are still never written over)")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold in [0, 1] (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold in [0, 1] (default 0.45)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--max-detections", type=int, default=100, help="per image (default 100)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--max_detections", type=int, default=100, help="per image (default 100)")
+    p.add_argument("--image_size", type=int, default=None,
                    help="input size, a multiple of 32 (default: the checkpoint's; 416 for Darknet .weights)")
-    p.add_argument("--save-txt", action="store_true", help="also write YOLO labels OUT/labels/<name>.txt ('class cx cy w h')")
-    p.add_argument("--save-xml", action="store_true", help="also write VOC annotations OUT/Annotations/<name>.xml")
-    p.add_argument("--save-video", action="store_true",
+    p.add_argument("--save_txt", action="store_true", help="also write YOLO labels OUT/labels/<name>.txt ('class cx cy w h')")
+    p.add_argument("--save_xml", action="store_true", help="also write VOC annotations OUT/Annotations/<name>.xml")
+    p.add_argument("--save_video", action="store_true",
                    help="write each input folder's frames (in name order) as one annotated OUT/<folder>.avi")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save-video videos (default 25)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of --save_video videos (default 25)")
     return p
 
 @command("predict")
@@ -363,17 +380,18 @@ def predict_main(argv: list[str] | None = None) -> int:
     "`yolo-voc predict`: draw and save detections for images, videos and folders; see `predict_parser`."
     # the work is the module's, imported when the command runs
     from yolo_voc.checkpoint import CheckpointError
-    from yolo_voc.predict import (OutputError, UnsafeOutputError, check_output, check_predict_options, is_openvino,
-                                  load_detector, predict_to_folder, resolve_device)
+    from yolo_voc.predict import (OutputError, UnsafeOutputError, check_output, check_predict_options, predict_to_folder,
+                                  resolve_device)
+    from yolo_voc.runtime import is_openvino, load_detector
     args = parse_or_status(predict_parser(), argv)
     if isinstance(args, int): return args
     def fail(message, status: int) -> int:
         print(f"yolo-voc predict: {message}", file=sys.stderr); return status
     try:
         check_predict_options(args.conf, args.iou, args.batch_size, args.max_detections, args.image_size, args.fps)
-        device = "cpu" if is_openvino(args.ckpt) and args.device == "auto" else resolve_device(args.device)
+        device = "cpu" if is_openvino(args.ckpt_path) and args.device == "auto" else resolve_device(args.device)
         check_output(args.out, args.images, args.exist_ok, args.allow_input_overlap)  # before the model loads
-        detector = load_detector(args.ckpt, device, weights_only=not args.unsafe_load, image_size=args.image_size,
+        detector = load_detector(args.ckpt_path, device, weights_only=not args.unsafe_load, image_size=args.image_size,
                                  precision=args.precision)
         summary = predict_to_folder(detector, args.images, args.out, args.conf, args.iou, args.batch_size, args.max_detections,
                                     args.exist_ok, args.allow_input_overlap, args.save_txt, args.save_xml, args.save_video,
@@ -386,7 +404,7 @@ def predict_main(argv: list[str] | None = None) -> int:
     return EXIT_OK if summary.images else fail("no image could be processed", EXIT_BAD_INPUT)
 
 # %% ../nbs/engineering/10_cli.ipynb
-EXPORT_EPILOG = """output: --out must not exist, unless --exist-ok (it is then replaced), and is never the --ckpt itself
+EXPORT_EPILOG = """output: --out must not exist, unless --exist_ok (it is then replaced), and is never the --ckpt_path itself
 (compared as real paths: links, ./x and absolute paths). The file is written next to it, flushed to disk and then
 given its name, so it appears complete or not at all. ONNX needs the [export] extra: pip install "yolo_voc[export]".
 OpenVINO (--format openvino) writes an IR: --out names the .xml (its .bin beside it) or a folder for model.xml and
@@ -398,27 +416,27 @@ def export_parser() -> argparse.ArgumentParser:
                        "end to end with --nms), optionally int8 (ONNX, OpenVINO), or write its lightweight weights file.", EXPORT_EPILOG)
     add_model_args(p)
     p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript", "weights"])
-    p.add_argument("--out", required=True, help="output file (new, unless --exist-ok); openvino: the .xml, or a folder")
-    p.add_argument("--exist-ok", action="store_true", help="replace --out if it exists (never the --ckpt itself)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--out", required=True, help="output file (new, unless --exist_ok); openvino: the .xml, or a folder")
+    p.add_argument("--exist_ok", action="store_true", help="replace --out if it exists (never the --ckpt_path itself)")
+    p.add_argument("--image_size", type=int, default=None, help="input size (default: the checkpoint's)")
     p.add_argument("--half", action="store_true", help="weights: store fp16 weights, half the file (loaded back into fp32)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--dynamic-hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
+    p.add_argument("--dynamic_hw", action="store_true", help="ONNX raw export: dynamic height and width as well as batch")
     g = p.add_argument_group("end to end (--nms): outputs boxes, scores, labels, num_detections, padded")
     g.add_argument("--nms", action="store_true", help="decoding and NMS in the exported graph (onnx, openvino, torchscript)")
     g.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     g.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    g.add_argument("--max-detections", type=int, default=100, help="detections per image, K (default 100)")
+    g.add_argument("--max_detections", type=int, default=100, help="detections per image, K (default 100)")
     g = p.add_argument_group("int8 (--int8): static quantisation; ONNX: QDQ, per-channel; OpenVINO: NNCF (or the QDQ graph)")
     g.add_argument("--int8", action="store_true", help="quantise to int8, calibrated on training images")
     g.add_argument("--data", default=None, help="dataset folder (default: the synthetic set, as `yolo-voc fit` makes it)")
-    g.add_argument("--synthetic-images", type=int, default=800, help="size of the synthetic set (default 800)")
-    g.add_argument("--calib-split", default="train", help="calibration split (default train)")
-    g.add_argument("--calib-images", type=int, default=64, help="calibration images (default 64)")
-    g.add_argument("--val-split", default="val", help="split on which int8 and fp32 mAP50 are compared (default val)")
-    g.add_argument("--val-images", type=int, default=None, help="validation images (default: all)")
-    g.add_argument("--no-eval", action="store_true", help="skip the int8 vs fp32 mAP50 comparison")
-    g.add_argument("--int8-method", default="nncf", choices=["nncf", "qdq"],
+    g.add_argument("--synthetic_images", type=int, default=800, help="size of the synthetic set (default 800)")
+    g.add_argument("--calib_split", default="train", help="calibration split (default train)")
+    g.add_argument("--calib_images", type=int, default=64, help="calibration images (default 64)")
+    g.add_argument("--val_split", default="val", help="split on which int8 and fp32 mAP50 are compared (default val)")
+    g.add_argument("--val_images", type=int, default=None, help="validation images (default: all)")
+    g.add_argument("--no_eval", action="store_true", help="skip the int8 vs fp32 mAP50 comparison")
+    g.add_argument("--int8_method", default="nncf", choices=["nncf", "qdq"],
                    help="OpenVINO int8: NNCF's post-training quantization (default; it measured better on a trained "
                         "model) or the QDQ graph of --format onnx --int8")
     return p
@@ -427,9 +445,9 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(argv: list[str] | None = None) -> int:
     "`yolo-voc export`: ONNX, TorchScript or weights file from a checkpoint; see `export_parser`."
     from yolo_voc.checkpoint import CheckpointError
-    from yolo_voc.export import (EXPORT_INSTALL, OPENVINO_INSTALL, Int8Settings, NmsSettings, check_export_out, export_model,
-                                 export_openvino_model, openvino_paths, require)
-    from yolo_voc.predict import UnsafeOutputError, load_detector
+    from yolo_voc.export import Int8Settings, NmsSettings, check_export_out, export_model, export_openvino_model, openvino_paths
+    from yolo_voc.predict import UnsafeOutputError
+    from yolo_voc.runtime import EXPORT_INSTALL, OPENVINO_INSTALL, load_detector, require
     from yolo_voc.voc import DatasetError
     args = parse_or_status(export_parser(), argv)
     if isinstance(args, int): return args
@@ -446,9 +464,9 @@ def export_main(argv: list[str] | None = None) -> int:
         require("onnxruntime", "--int8", OPENVINO_INSTALL if args.format == "openvino" else EXPORT_INSTALL)
     outs = openvino_paths(args.out) if args.format == "openvino" else [args.out]
     try:  # before the model loads (a folder, a path under a file: 3)
-        for out in outs: check_export_out(out, [args.ckpt], args.exist_ok)
+        for out in outs: check_export_out(out, [args.ckpt_path], args.exist_ok)
     except UnsafeOutputError as e: return fail(e, EXIT_USAGE)
-    try: detector = load_detector(args.ckpt, args.device, weights_only=not args.unsafe_load)
+    try: detector = load_detector(args.ckpt_path, args.device, weights_only=not args.unsafe_load)
     except (FileNotFoundError, CheckpointError) as e: return fail(e, EXIT_BAD_INPUT)
     except ValueError as e: return fail(e, EXIT_USAGE)  # --device
     try:
@@ -457,7 +475,7 @@ def export_main(argv: list[str] | None = None) -> int:
             report = export_openvino_model(detector, args.out, args.image_size, args.opset, nms, int8, args.exist_ok, args.int8_method)
         else: report = export_model(detector, args.format, args.out, args.image_size, args.opset, args.dynamic_hw, nms, int8,
                                     exist_ok=args.exist_ok, half=args.half)
-    except (CheckpointError, DatasetError) as e: return fail(e, EXIT_BAD_INPUT)  # an ONNX --ckpt, a missing --data
+    except (CheckpointError, DatasetError) as e: return fail(e, EXIT_BAD_INPUT)  # an ONNX --ckpt_path, a missing --data
     except (UnsafeOutputError, ValueError) as e: return fail(e, EXIT_USAGE)  # contradictory settings
     print(report)
     return EXIT_OK
@@ -474,12 +492,12 @@ def app_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also ask Gradio for a temporary public *.gradio.live link")
     p.add_argument("--examples", nargs="*", default=[], metavar="DIR_OR_IMAGE", help="example images or folders of them")
-    p.add_argument("--examples-from", default=None, metavar="DATA", help="dataset folder to pick gallery images from")
-    p.add_argument("--examples-split", default="val", help="the split they are picked from (default val)")
-    p.add_argument("--num-examples", type=int, default=8, help="how many to pick (default 8)")
-    p.add_argument("--export-space", default=None, metavar="DIR",
+    p.add_argument("--examples_from", default=None, metavar="DATA", help="dataset folder to pick gallery images from")
+    p.add_argument("--examples_split", default="val", help="the split they are picked from (default val)")
+    p.add_argument("--num_examples", type=int, default=8, help="how many to pick (default 8)")
+    p.add_argument("--export_space", default=None, metavar="DIR",
                    help="write a Hugging Face Space folder (model, app.py, requirements.txt) instead of serving")
-    p.add_argument("--space-requirement", default=None,
+    p.add_argument("--space_requirement", default=None,
                    help="how the Space installs yolo_voc (default: yolo_voc[app]==<this version>; e.g. a git URL)")
     p.add_argument("--conf", type=float, default=0.25, help="initial confidence threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="initial NMS IoU threshold (default 0.45)")
@@ -497,7 +515,7 @@ def app_main(argv: list[str] | None = None) -> int:
     prog = "yolo-voc app"
     import_gradio()  # a missing package: exit 4
     try:
-        detector = load_app_detector(args.ckpt, args.device, weights_only=not args.unsafe_load, precision=args.precision)
+        detector = load_app_detector(args.ckpt_path, args.device, weights_only=not args.unsafe_load, precision=args.precision)
         missing = [e for e in args.examples if not Path(e).exists()]
         if missing: raise FileNotFoundError(f"{missing[0]}: no such example file or folder")
         examples = [e for e in list_images(args.examples) if not is_video(e)]  # the gallery shows images
@@ -512,6 +530,6 @@ def app_main(argv: list[str] | None = None) -> int:
         print(f"{prog}: wrote the Space folder {out} (start it there with: python app.py)")
         return EXIT_OK
     demo = build_app(detector, examples, args.conf, args.iou)
-    print(f"{prog}: serving {args.ckpt} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    print(f"{prog}: serving {args.ckpt_path} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     launch(demo, args.host, args.port, block=True, share=args.share)
     return EXIT_OK

@@ -287,7 +287,7 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float, md5: str | None
         raise _Unavailable(f"{url}: HTTP error {e.code} ({e.reason})") from None
     except urllib.error.URLError as e:
         raise _Unavailable(f"{url}: server not reachable ({e.reason}); the official server is often down, "
-                           "a mirror serving the same file names can be given as base_url (--base-url)") from None
+                           "a mirror serving the same file names can be given as base_url (--base_url)") from None
     except (OSError, http.client.HTTPException) as e:
         raise _Unavailable(f"{url}: no answer from the server ({e})") from None
     with resp:
@@ -350,7 +350,7 @@ def download_file(url: str, # the file's address (http, https or file)
     "Download `url` to `dest`, resuming a partial `dest`.part when the server still serves the same file; check its size, `md5` and `check`."
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    keep = ("delete it to download it again, or accept a repacked mirror with checksum=False (--no-checksum)")
+    keep = ("delete it to download it again, or accept a repacked mirror with checksum=False (--no_checksum)")
     if dest.exists():  # there already: checked, never replaced
         if problem := _file_problem(dest, md5, size, check):
             raise DownloadError(f"{dest}: {problem} (downloaded from {url}); {keep}")
@@ -442,22 +442,22 @@ def tar_policy(root: Path, # ROOT, where the tars are downloaded and extracted
                platform: str | None = "auto", # "kaggle", "colab" or None ("auto": `cloud_platform()`)
               ) -> tuple[bool, str]:
     "Whether to delete each tar once it is extracted, and why: as asked, else yes where disk is scarce."
-    if delete_tars is not None: return delete_tars, "--delete-tars" if delete_tars else "--keep-tars"
+    if delete_tars is not None: return delete_tars, "--delete_tars" if delete_tars else "--keep_tars"
     platform = cloud_platform() if platform == "auto" else platform
     if platform == "kaggle":
-        return True, "on Kaggle, /kaggle/working holds 20 GB and is saved with every version; --keep-tars keeps them"
+        return True, "on Kaggle, /kaggle/working holds 20 GB and is saved with every version; --keep_tars keeps them"
     if platform == "colab":
         return True, ("on Colab the disk is wiped when the session ends, a tar serves no later session (a --cache on "
-                      "Drive does); --keep-tars keeps them")
+                      "Drive does); --keep_tars keeps them")
     gb = lambda n: f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
     tars = sum(f.size for f in files)
     to_fetch = sum(f.size for f in files if not (root / f.name).exists())
     free_after = shutil.disk_usage(root).free - to_fetch - tars  # the extracted files take about the tars' size
     if free_after < KEEP_TARS_FACTOR * tars:
         return True, (f"disk is scarce: {gb(max(free_after, 0))} would stay free on {root}'s file system after extraction, less "
-                      f"than {KEEP_TARS_FACTOR} x the tars' {gb(tars)}; --keep-tars keeps them")
+                      f"than {KEEP_TARS_FACTOR} x the tars' {gb(tars)}; --keep_tars keeps them")
     return False, (f"{gb(free_after)} stays free on {root}'s file system after extraction, at least {KEEP_TARS_FACTOR} x "
-                   f"the tars' {gb(tars)}; --delete-tars deletes them once extracted")
+                   f"the tars' {gb(tars)}; --delete_tars deletes them once extracted")
 
 # %% ../nbs/engineering/03_download.ipynb
 _KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
@@ -793,12 +793,12 @@ def download_voc(root: str | Path, # the folder to download into: the data goes 
         except OSError as e: raise _root_error(e, root) from None
         if store is None:
             delete, why = tar_policy(root, todo, delete_tars)
-            if root_is_cache: delete, why = False, f"{'--delete-tars never deletes the cache, which' if delete_tars else 'the cache'} is ROOT here"
+            if root_is_cache: delete, why = False, f"{'--delete_tars never deletes the cache, which' if delete_tars else 'the cache'} is ROOT here"
             say(f"tars: {'deleted once extracted' if delete else 'kept'} ({why})")
         else:
             _make_folder(store, "for the cache")
             delete = False  # the cache is what saves the next session a download
-            say(f"tars: kept in the cache {store} for later runs" + (" (--delete-tars never deletes the cache)" if delete_tars else ""))
+            say(f"tars: kept in the cache {store} for later runs" + (" (--delete_tars never deletes the cache)" if delete_tars else ""))
         with lock_root(store, wait=True, progress=progress) if store else contextlib.nullcontext():
             got = [fetch_from_mirrors(voc_urls(f, base_url), (store or root) / f.name, f.md5 if checksum else None,
                                       f.size if checksum else None, progress) for f in todo]
@@ -838,7 +838,7 @@ class WeightsDownload:
     def __str__(self) -> str:
         wf = self.file
         what = "the Darknet-53 backbone" if wf.kind == "backbone" else f"a full YOLOv3 for {wf.num_classes} classes"
-        how = ("as published" if wf.md5 and self.checksum else "not compared (--no-checksum)" if wf.md5 else
+        how = ("as published" if wf.md5 and self.checksum else "not compared (--no_checksum)" if wf.md5 else
                "no MD5 is published for this file: its size and layout were checked instead")
         return (f"{self.path}: {what}, trained on {wf.trained_on}; {wf.size:,} bytes, MD5 {self.md5} ({how}); "
                 + (f"from {self.source}" if self.source else "there already"))

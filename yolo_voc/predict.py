@@ -31,8 +31,8 @@ from .voc import IMAGE_EXTS, Annotation, exif_orientation, voc_to_yolo_text
 # %% auto 0
 __all__ = ['IMAGE_SUFFIXES', 'VIDEO_SUFFIXES', 'ImageReadError', 'is_video', 'list_images', 'to_uint8', 'load_image',
            'letterbox_image', 'to_tensor', 'Detections', 'check_predict_options', 'Detector', 'build_model',
-           'resolve_device', 'is_openvino', 'load_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt',
-           'voc_xml', 'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder']
+           'resolve_device', 'load_eager_detector', 'Video', 'VideoWriter', 'draw_detections', 'yolo_txt', 'voc_xml',
+           'OutputError', 'UnsafeOutputError', 'check_output', 'PredictSummary', 'predict_to_folder']
 
 # %% ../nbs/10_predict.ipynb
 IMAGE_SUFFIXES = IMAGE_EXTS  # what `yolo-voc check` accepts
@@ -163,12 +163,12 @@ def check_predict_options(conf: float = 0.25, iou: float = 0.45, batch_size: int
     for name, v in (("conf", conf), ("iou", iou)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:  # NaN fails the comparison
             raise ValueError(f"--{name} must be a number in [0, 1], got {v}")
-    for name, v in (("batch-size", batch_size), ("max-detections", max_detections)):
+    for name, v in (("batch_size", batch_size), ("max_detections", max_detections)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"--{name} must be a whole number >= 1, got {v}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
                                    or image_size < max(STRIDES) or image_size % max(STRIDES)):
-        raise ValueError(f"--image-size must be a positive multiple of {max(STRIDES)}, got {image_size}")
+        raise ValueError(f"--image_size must be a positive multiple of {max(STRIDES)}, got {image_size}")
     if fps is not None and not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"--fps must be a positive number, got {fps}")
 
@@ -237,6 +237,7 @@ def build_model(model_config: dict) -> torch.nn.Module:
     from yolo_voc.model import YOLOv3
     return YOLOv3(**model_config)
 
+# %% ../nbs/10_predict.ipynb
 def resolve_device(device: str | None = "auto") -> str:
     "The torch device to run on: `auto` (or None) is cuda when PyTorch sees a GPU, else cpu; others are checked."
     if device in (None, "", "auto"): return "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,6 +252,7 @@ def resolve_device(device: str | None = "auto") -> str:
         raise ValueError(f"--device {device}: PyTorch sees no Apple GPU (MPS) on this machine")
     return str(d)
 
+# %% ../nbs/10_predict.ipynb
 def _load_darknet(path, device, image_size: int | None, width_mult: float, depth_mult: float) -> Detector:
     "A Detector from a Darknet `.weights` file: class count from its size, Darknet's decoding, 416 px."
     from yolo_voc.darknet import DARKNET_DECODING, DarknetError, model_from_darknet
@@ -260,26 +262,15 @@ def _load_darknet(path, device, image_size: int | None, width_mult: float, depth
     config = dict(num_classes=len(names), width_mult=width_mult, depth_mult=depth_mult)
     return Detector(model, names, image_size or 416, DARKNET_DECODING, config, device, source=str(path))
 
-def is_openvino(path) -> bool:
-    "Whether `path` names an OpenVINO IR: an `.xml` file, or a folder that holds one."
-    p = Path(path)
-    return p.suffix.lower() == ".xml" or (p.is_dir() and any(p.glob("*.xml")))
-
-def load_detector(path, # a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file, an `.onnx` or OpenVINO export
-                  device="cpu", # a torch device, or "auto" (see `resolve_device`)
-                  weights_only: bool = True, # False loads pickled objects too: only for files you trust
-                  image_size: int | None = None, # the input size (a multiple of 32); None: the file's (416 for Darknet)
-                  width_mult: float = 1.0, # Darknet files only: the YOLOv3's width multiplier
-                  depth_mult: float = 1.0, # Darknet files only: its depth multiplier
-                  precision: str = "auto", # OpenVINO files only: "auto", "f32" or "bf16" (see `export.choose_precision`)
-                 ) -> Detector:
-    "Load a Lightning `.ckpt`, a `save_weights` file, a Darknet `.weights` file or a raw ONNX or OpenVINO export as a `Detector`."
-    if is_openvino(path):  # OpenVINO on the CPU behind the same Detector ("auto" is the CPU for it)
-        from yolo_voc.export import load_openvino_detector
-        return load_openvino_detector(path, "cpu" if device in (None, "", "auto") else device, precision=precision)
-    if str(path).lower().endswith(".onnx"):  # ONNX Runtime behind the same Detector (export builds on this module)
-        from yolo_voc.export import load_onnx_detector
-        return load_onnx_detector(path, str(resolve_device(device)))
+# %% ../nbs/10_predict.ipynb
+def load_eager_detector(path, # a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file
+                        device="cpu", # a torch device, or "auto" (see `resolve_device`)
+                        weights_only: bool = True, # False loads pickled objects too: only for files you trust
+                        image_size: int | None = None, # the input size (a multiple of 32); None: the file's (416 for Darknet)
+                        width_mult: float = 1.0, # Darknet files only: the YOLOv3's width multiplier
+                        depth_mult: float = 1.0, # Darknet files only: its depth multiplier
+                       ) -> Detector:
+    "Load a Lightning `.ckpt`, a `save_weights` file or a Darknet `.weights` file as a `Detector` that runs the PyTorch model."
     device = resolve_device(device)
     if image_size is not None: check_predict_options(image_size=image_size)
     if str(path).lower().endswith(".weights"): return _load_darknet(path, device, image_size, width_mult, depth_mult)
@@ -436,12 +427,12 @@ def check_output(out, # the output folder
         for s in sources if isinstance(sources, (list, tuple)) else [sources]:
             if not isinstance(s, (str, os.PathLike)) or (r := _resolved(s)) is None: continue
             if how := _overlap(o, r):
-                raise UnsafeOutputError(f"{out}: {how}; choose another --out, or pass --allow-input-overlap "
+                raise UnsafeOutputError(f"{out}: {how}; choose another --out, or pass --allow_input_overlap "
                                         "(input files are never written over)")
     earlier = _earlier_files(out)
     if earlier and not exist_ok:
         raise UnsafeOutputError(f"{out}: is not empty ({len(earlier)} entries, e.g. {earlier[0]}); choose a new folder, "
-                                "or pass --exist-ok to write into it (files of the same names are replaced)")
+                                "or pass --exist_ok to write into it (files of the same names are replaced)")
     return earlier
 
 # %% ../nbs/10_predict.ipynb
