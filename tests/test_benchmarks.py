@@ -255,6 +255,7 @@ def test_box_loss_quick_json(tmp_path):
     assert r["adopt"] is None and r["verdict"]["baseline"] == "mse-one"
     assert (out_dir / "box_loss.md").read_text() == r["table"] and "| default | 1 | mse-one |" in r["table"]
     assert json.loads((out_dir / "box_loss.json").read_text())["runs"] == r["runs"]
+    assert json.loads((out_dir / "box_loss.partial.json").read_text())["runs"] == r["runs"]  # kept after each run
     doc = saved(results, "box_loss", r)
     assert doc["config"]["quick"] is True
 
