@@ -51,6 +51,8 @@ BENCHMARKS = {
                     "python benchmarks/infer_speed.py --json --save-results --wait-idle 300"),
     "train_speed": ("training and evaluation speed on a GPU",
                     "python benchmarks/train_speed.py --json --save-results --wait-idle 300"),
+    "box_loss": ("the box loss and positive assignment: the main job under each combination, two sets, 12 and 24 epochs",
+                 "python benchmarks/box_loss.py --save-results --wait-idle 300"),
 }
 
 
@@ -174,7 +176,20 @@ def fig_train_speed(r: dict) -> str:
     return out
 
 
-FIGURES = dict(main_job=fig_main_job, eval_speed=fig_eval_speed, data_speed=fig_data_speed,
+def fig_box_loss(r: dict) -> str:
+    "COCO mAP / VOC07 mAP50 / seconds per epoch of each combination in each (set, length) cell, then the verdict."
+    cells = {}
+    for run in r["runs"]:
+        cells.setdefault((run["set"], run["epochs"]), []).append(
+            f"{run['combo']} {run['map']:.3f} / {run['map50']:.3f} / {run['seconds_per_epoch']:.3g} s")
+    out = "COCO mAP / mAP50 / s per epoch: " + "; ".join(f"{s_} set, {e} epochs: " + ", ".join(v)
+                                                         for (s_, e), v in cells.items())
+    verdict = r.get("verdict") or {}
+    return out + (f"; adopted: {r['adopt']}" if r.get("adopt") else
+                  f"; none meets the rule (+{verdict.get('min_gain', 0.05):g} COCO mAP everywhere): {verdict.get('baseline')} stays")
+
+
+FIGURES = dict(main_job=fig_main_job, box_loss=fig_box_loss, eval_speed=fig_eval_speed, data_speed=fig_data_speed,
                index_speed=fig_index_speed, train_memory=fig_train_memory, infer_speed=fig_infer_speed,
                train_speed=fig_train_speed)
 

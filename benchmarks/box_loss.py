@@ -25,7 +25,8 @@ The sets (`--sets`):
     default   the embedded synthetic set of `yolo-voc fit` (seed 0, 320 x 240, 10 classes, 40 % small objects)
     small     `make_synthetic_voc` with seed 1, portrait 256 x 352 images, 70 % small objects (5-10 % of the short
               side), up to 8 per image, 800 images, 10 classes; written once into `--out-dir`/data and trained
-              with `--data.root` and the synthetic set's augmentation (no colour changes: classes differ by colour)
+              with `--data.root`, the synthetic set's augmentation (no colour changes: classes differ by colour)
+              and the main job's model and input size on this device (`main_job_size_args`)
 
 The adoption rule (issue 26): a combination qualifies when, at every length and on every set, its COCO mAP is at
 least `--min-gain` (0.05) above the baseline's, its VOC07 mAP50 is not lower, and its seconds per epoch are at most
@@ -91,7 +92,18 @@ def set_args(name: str, data_dir: Path, quick: bool) -> list[str]:
     root = data_dir / ("small-quick" if quick else "small")
     if not (root / "VOCdevkit" / "VOC2007" / "ImageSets").is_dir():
         make_synthetic_voc(root, class_names=VOC_CLASSES[:10], **params)
-    return ["--data.root", str(root / "VOCdevkit"), "--data.augment", json.dumps(SYNTHETIC_AUGMENT)]
+    return ["--data.root", str(root / "VOCdevkit"), "--data.augment", json.dumps(SYNTHETIC_AUGMENT),
+            *main_job_size_args()]
+
+
+def main_job_size_args() -> list[str]:
+    """The model and input size of the main job on this device, for a set given by `--data.root`: without them a
+    dataset folder gets the real-data defaults (on a CPU, the full YOLOv3 at 416 px, about 16 times the compute)."""
+    from yolo_voc.runs import detect_device, run_defaults
+    keep = ("model.width_mult", "model.depth_mult", "data.image_size", "data.batch_size", "data.num_workers",
+            "model.map_every_n_epochs", "trainer.precision", "trainer.log_every_n_steps")
+    defaults = run_defaults(detect_device(), synthetic=True)
+    return [arg for k in keep if k in defaults for arg in (f"--{k}", str(defaults[k]))]
 
 
 def run_one(combo: str, set_name: str, epochs: int, out_dir: Path, data_dir: Path, quick: bool, log) -> dict:

@@ -277,3 +277,16 @@ def test_box_loss_adoption_rule():
     runs.append(run("mse-one-late", "default", 12, 0.9, 0.99, 1.0))  # a combination without every cell cannot qualify
     assert B.adoption([r for r in runs if r["combo"] in ("mse-one", "ciou-one")][:-1], "mse-one")["adopt"] is None
     assert "Qualifies: **ciou-one**" in B.table([r | dict(ap50_coco=None) for r in runs[:8]], v)
+
+
+def test_box_loss_small_set_trains_the_main_jobs_model(tmp_path, monkeypatch):
+    "The `small` set is a dataset folder: it must get the main job's model and size, not the real-data defaults."
+    import box_loss as B  # noqa: E402  (benchmarks/box_loss.py)
+    from yolo_voc.runs import DeviceInfo
+    monkeypatch.setattr("yolo_voc.runs.detect_device", lambda: DeviceInfo("cpu", "cpu"))
+    args = B.set_args("small", tmp_path, quick=True)
+    opts = dict(zip(args[::2], args[1::2]))
+    assert opts["--data.root"] == str(tmp_path / "small-quick" / "VOCdevkit")
+    assert (opts["--model.width_mult"], opts["--model.depth_mult"], opts["--data.image_size"], opts["--data.batch_size"]) == (
+        "0.25", "0.33", "192", "16")  # the CPU main job's, as `run_defaults(cpu, synthetic=True)` gives them
+    assert B.set_args("default", tmp_path, quick=False) == []  # the embedded set: the defaults themselves

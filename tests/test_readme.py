@@ -148,3 +148,16 @@ def test_main_job_result_file(tmp_path):
     summary.write_text(json.dumps(SUMMARY | dict(map50=None)))
     r = run_results("--from-summary", str(summary), "--results-dir", str(tmp_path / "later"))
     assert r.returncode == 2 and f"{summary}: no value for map50" in r.stderr
+
+
+def test_box_loss_figure():
+    "The box-loss row: each cell's combinations with COCO mAP / mAP50 / s per epoch, then the rule's verdict."
+    run = lambda combo, s, e, m, m50, sec: dict(combo=combo, set=s, epochs=e, map=m, map50=m50, seconds_per_epoch=sec)  # noqa: E731
+    r = dict(runs=[run("mse-one", "default", 12, 0.4111, 0.8386, 16.9), run("ciou-ratio-box2", "default", 12, 0.4, 0.8, 17.2),
+                   run("mse-one", "small", 12, 0.3, 0.7, 15.0)],
+             verdict=dict(baseline="mse-one", min_gain=0.05), adopt=None)
+    assert results.fig_box_loss(r) == (
+        "COCO mAP / mAP50 / s per epoch: default set, 12 epochs: mse-one 0.411 / 0.839 / 16.9 s, ciou-ratio-box2 0.400 / "
+        "0.800 / 17.2 s; small set, 12 epochs: mse-one 0.300 / 0.700 / 15 s; none meets the rule (+0.05 COCO mAP "
+        "everywhere): mse-one stays")
+    assert results.fig_box_loss(r | dict(adopt="ciou-ratio-box2")).endswith("; adopted: ciou-ratio-box2")
